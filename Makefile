@@ -1,0 +1,68 @@
+# Digit Recognizer pipeline. `make` (or `make help`) lists the targets; variables go on the command line,
+# e.g. `make train PRESET=quick FOLDS=3`. Every target that needs Python builds .venv first, by itself.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+.DELETE_ON_ERROR:
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DIGITS := $(BIN)/python -m digits
+
+COMPETITION ?= digit-recognizer
+# Optional variables, passed to the CLI only when set.
+opt = $(if $($(1)),--$(2) '$($(1))')
+download_args = --competition '$(COMPETITION)' $(call opt,SOURCE,source) $(if $(filter 1 yes true,$(FORCE)),--force)
+train_args = $(call opt,PRESET,preset) $(call opt,FOLDS,folds) $(call opt,EPOCHS,epochs) $(call opt,BATCH,batch) \
+	$(call opt,MODEL,model) $(call opt,SEED,seed) $(call opt,RUN,run) $(call opt,ONLY,only) \
+	$(call opt,HOLDOUT,holdout) $(if $(filter 1 yes true,$(DETERMINISTIC)),--deterministic)
+
+.PHONY: help .venv download sample test test-fast lint format train report clean
+
+help: ## List the targets (this text)
+	@echo "Digit Recognizer pipeline. Usage: make <target> [VARIABLE=value ...]"
+	@echo
+	@grep -E '^[a-zA-Z_.-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}'
+	@echo
+	@echo "Variables: COMPETITION SOURCE FORCE (download); PRESET FOLDS EPOCHS BATCH MODEL SEED RUN ONLY"
+	@echo "           HOLDOUT DETERMINISTIC (train); RUN (report). See README.md."
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	@echo ">> building $(VENV) from requirements.txt (first time: a few minutes, ~2.5 GB)"
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $@
+
+.venv: $(VENV)/.installed ## Create the virtual environment (automatic; rebuilt when requirements.txt changes)
+
+download: .venv ## Fetch and verify train.csv/test.csv into data/raw/ (COMPETITION, SOURCE=zip-or-folder, FORCE=1)
+	$(DIGITS) download $(download_args)
+
+sample: .venv ## Rebuild data/sample/ from a copy of the competition zip (SOURCE=path/to/digit-recognizer.zip)
+	@test -n "$(SOURCE)" || { echo "make sample needs SOURCE=path/to/digit-recognizer.zip"; exit 2; }
+	$(BIN)/python -m digits.sample --source '$(SOURCE)'
+
+train: .venv ## Train the k-fold CNNs (PRESET=quick|default|max FOLDS EPOCHS BATCH MODEL SEED RUN ONLY HOLDOUT)
+	$(DIGITS) train $(train_args)
+
+report: .venv ## Print a run's fold table and the path of its report.html (RUN, default the latest)
+	$(DIGITS) report $(call opt,RUN,run)
+
+test: .venv ## Run the whole test suite (installs everything first; about 10 minutes on 2 cores)
+	$(BIN)/python -m pytest
+
+test-fast: .venv ## Run the tests that train nothing (seconds)
+	$(BIN)/python -m pytest -m "not slow"
+
+lint: .venv ## Check style and common bugs with ruff
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+
+format: .venv ## Reformat the code with ruff
+	$(BIN)/ruff check --fix src tests
+	$(BIN)/ruff format src tests
+
+clean: ## Remove caches (keeps .venv, data and runs)
+	rm -rf .pytest_cache .ruff_cache build src/*.egg-info
+	find . -name __pycache__ -not -path './.venv/*' -prune -exec rm -rf {} +

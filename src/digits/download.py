@@ -1,0 +1,319 @@
+"""Fetch the competition data and verify it.
+
+In:  the official Kaggle API (`kaggle` package) for competition `digit-recognizer`, or a local copy
+     (`SOURCE=`: the zip a user downloaded by browser, or a folder holding the CSVs).
+Out: `data/raw/digit-recognizer.zip` and the verified `train.csv`, `test.csv`,
+     `sample_submission.csv` beside it.
+
+Guarantees: idempotent (valid files already in place: nothing is fetched, and it says so;
+`force=True` fetches again); a CSV appears under its final name only once complete and verified
+(extracted to a hidden staging folder, validated, then renamed); archive members with absolute
+paths or `..` are refused, as are members that inflate far beyond their declared size; credentials
+are never printed. Network failures are retried with exponential backoff.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+import stat
+import sys
+import time
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from digits import data, paths
+
+RULES_URL = "https://www.kaggle.com/competitions/{competition}/rules"
+CREDENTIALS_HELP = (
+    "Kaggle credentials not found. Provide them in one of the three ways the official client accepts:\n"
+    "  1. an API token: export KAGGLE_API_TOKEN=<token> (Kaggle > Settings > API > Generate New Token)\n"
+    "  2. a legacy key pair: export KAGGLE_USERNAME=<user> KAGGLE_KEY=<key>\n"
+    "  3. a kaggle.json file ({{\"username\": ..., \"key\": ...}}) in {config_dir} (or the folder named by "
+    "KAGGLE_CONFIG_DIR), made private with chmod 600\n"
+    "Or skip the API: download the zip in a browser and run `make download SOURCE=path/to/{competition}.zip`."
+)
+MAX_EXPANSION = 200  # CSV deflates ~10x; a member inflating beyond 200x its compressed size is refused
+MAX_MEMBER_BYTES = 2 * 1024**3
+
+
+class DownloadError(RuntimeError):
+    """The data could not be fetched or verified; the message says why and what to do."""
+
+
+@dataclass
+class DownloadResult:
+    folder: Path
+    rows: dict[str, int]
+    warnings: list[str] = field(default_factory=list)
+    fetched: bool = True  # False when valid files were already in place
+
+
+def download(
+    competition: str = paths.COMPETITION,
+    dest: Path = paths.RAW_DIR,
+    source: Path | None = None,
+    force: bool = False,
+    retries: int = 4,
+    backoff: float = 2.0,
+    log: Callable[[str], None] = print,
+) -> DownloadResult:
+    """Make `dest` hold verified competition CSVs; see the module docstring."""
+    dest = Path(dest)
+    if not force:
+        existing = _existing_valid(dest)
+        if existing is not None:
+            log(f"{dest}: train.csv, test.csv and sample_submission.csv are present and valid; nothing to do "
+                f"(FORCE=1 fetches again).")
+            existing.fetched = False
+            return existing
+    dest.mkdir(parents=True, exist_ok=True)
+    if source is not None:
+        source = Path(source).expanduser()
+        if source.is_dir():
+            return _install_from_folder(source, dest, log)
+        if not source.exists():
+            raise DownloadError(f"{source}: not found. SOURCE must be the competition zip or a folder holding its CSVs.")
+        zip_path = source
+    else:
+        zip_path = _fetch_with_kaggle(competition, dest, force=force, retries=retries, backoff=backoff, log=log)
+    return _install_from_zip(zip_path, dest, log)
+
+
+def _existing_valid(dest: Path) -> DownloadResult | None:
+    if not all((dest / name).is_file() for name in paths.CSV_NAMES):
+        return None
+    try:
+        check = data.verify_folder(dest)
+    except data.DataError:
+        return None  # broken or partial files: fetch again
+    return DownloadResult(folder=dest, rows=check.rows, warnings=check.warnings)
+
+
+# --- the Kaggle API ---------------------------------------------------------------------------
+
+
+def credentials_source() -> str | None:
+    """Which of the client's credential sources is set (never the secret itself), or None."""
+    if os.environ.get("KAGGLE_API_TOKEN"):
+        return "KAGGLE_API_TOKEN"
+    if os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY"):
+        return "KAGGLE_USERNAME/KAGGLE_KEY"
+    for token_file in ("~/.kaggle/access_token", "~/.kaggle/access_token.txt"):
+        if Path(token_file).expanduser().is_file():
+            return token_file
+    config = kaggle_config_dir() / "kaggle.json"
+    if config.is_file():
+        return str(config)
+    return None
+
+
+def kaggle_config_dir() -> Path:
+    """The folder the official client reads kaggle.json from (same rules as the client)."""
+    configured = os.environ.get("KAGGLE_CONFIG_DIR")
+    if configured:
+        return Path(configured)
+    legacy = Path.home() / ".kaggle"
+    if sys.platform.startswith("linux") and not legacy.exists():
+        return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "kaggle"
+    return legacy
+
+
+def warn_if_config_readable(log: Callable[[str], None]) -> None:
+    config = kaggle_config_dir() / "kaggle.json"
+    if os.name != "nt" and config.is_file() and config.stat().st_mode & (stat.S_IRGRP | stat.S_IROTH):
+        log(f"warning: {config} is readable by other users; run `chmod 600 {config}`.")
+
+
+def kaggle_api():
+    """An authenticated official `KaggleApi`, or DownloadError naming the three ways to give credentials."""
+    if credentials_source() is None:
+        raise DownloadError(CREDENTIALS_HELP.format(config_dir=kaggle_config_dir(), competition=paths.COMPETITION))
+    # Importing `kaggle` authenticates as a side effect and may print help text; keep that quiet, we
+    # authenticate explicitly below and report failures ourselves.
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        from kaggle.api.kaggle_api_extended import KaggleApi
+
+    api = KaggleApi()
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(captured):
+            api.authenticate()
+    except SystemExit:
+        raise DownloadError(
+            CREDENTIALS_HELP.format(config_dir=kaggle_config_dir(), competition=paths.COMPETITION)
+        ) from None
+    return api
+
+
+def explain_http_error(error: Exception, competition: str, action: str) -> str:
+    """Turn an HTTP error from the Kaggle client into a message that says what to do."""
+    response = getattr(error, "response", None)
+    status = getattr(response, "status_code", None)
+    detail = str(error).strip() or type(error).__name__
+    if status == 401:
+        return (f"Kaggle rejected the credentials (401 Unauthorized) while trying to {action}. "
+                f"The token or key is wrong or expired: create a new one at https://www.kaggle.com/settings "
+                f"(API section) and update KAGGLE_API_TOKEN, KAGGLE_USERNAME/KAGGLE_KEY or kaggle.json.")
+    if status == 403:
+        return (f"Kaggle refused access to competition '{competition}' (403 Forbidden: {detail}). "
+                f"Accept the competition rules at {RULES_URL.format(competition=competition)} "
+                f"(signed in as the account of your credentials), then rerun.")
+    if status == 404:
+        return (f"Kaggle has no competition '{competition}' (404 Not Found). Check COMPETITION "
+                f"(the last part of the competition's URL).")
+    if status == 429:
+        return f"Kaggle is rate-limiting requests (429 Too Many Requests) while trying to {action}; wait a minute and rerun."
+    if status is not None:
+        return f"Kaggle answered {status} while trying to {action}: {detail}"
+    return f"could not reach Kaggle to {action}: {detail}. Check your internet connection and rerun."
+
+
+def _fetch_with_kaggle(competition: str, dest: Path, force: bool, retries: int, backoff: float,
+                       log: Callable[[str], None]) -> Path:
+    import requests
+
+    warn_if_config_readable(log)
+    api = kaggle_api()
+    staging = dest / ".download"
+    staging.mkdir(parents=True, exist_ok=True)
+    final_zip = dest / f"{competition}.zip"
+    log(f"downloading competition '{competition}' with the official Kaggle API ...")
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            # The client streams to staging/<competition>.zip with a progress bar, resuming with Range
+            # requests after a dropped connection; `force` keeps it from trusting an old partial.
+            api.competition_download_files(competition, path=str(staging), force=True, quiet=False)
+            break
+        except requests.exceptions.HTTPError as error:
+            status = getattr(getattr(error, "response", None), "status_code", None)
+            if status is not None and status < 500 and status != 429:
+                raise DownloadError(explain_http_error(error, competition, "download the data")) from None
+            last_error: Exception = error
+        except (requests.exceptions.RequestException, OSError, ValueError) as error:
+            last_error = error
+        if attempt > retries:
+            raise DownloadError(
+                f"download of '{competition}' failed after {attempt} attempts: "
+                f"{explain_http_error(last_error, competition, 'download the data')} "
+                f"A partial file is kept in {staging} and the next run resumes from it."
+            ) from None
+        delay = backoff * 2 ** (attempt - 1)
+        log(f"download interrupted ({type(last_error).__name__}: {last_error}); retry {attempt}/{retries} in {delay:.0f} s")
+        time.sleep(delay)
+    fetched = staging / f"{competition}.zip"
+    if not fetched.is_file():
+        candidates = sorted(staging.glob("*.zip"))
+        if not candidates:
+            raise DownloadError(f"the Kaggle client finished but left no zip in {staging}; rerun with FORCE=1.")
+        fetched = candidates[0]
+    os.replace(fetched, final_zip)
+    shutil.rmtree(staging, ignore_errors=True)
+    return final_zip
+
+
+# --- extraction and verification --------------------------------------------------------------
+
+
+def _install_from_zip(zip_path: Path, dest: Path, log: Callable[[str], None]) -> DownloadResult:
+    staging = dest / ".extract"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        extract_safely(zip_path, staging)
+        result = _verify_and_move(staging, dest, log, origin=f"{zip_path.name}:")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log(f"extracted and verified {', '.join(paths.CSV_NAMES)} from {zip_path} into {dest}")
+    return result
+
+
+def _install_from_folder(source: Path, dest: Path, log: Callable[[str], None]) -> DownloadResult:
+    missing = [name for name in paths.CSV_NAMES if not (source / name).is_file()]
+    if missing:
+        raise DownloadError(f"{source}: missing {', '.join(missing)}. SOURCE must be the competition zip or a "
+                            f"folder holding {', '.join(paths.CSV_NAMES)}.")
+    staging = dest / ".extract"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        for name in paths.CSV_NAMES:
+            shutil.copyfile(source / name, staging / name)
+        result = _verify_and_move(staging, dest, log, origin=f"{source}/")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log(f"copied and verified {', '.join(paths.CSV_NAMES)} from {source} into {dest}")
+    return result
+
+
+def extract_safely(zip_path: Path, out_dir: Path) -> list[str]:
+    """Extract the competition CSVs from `zip_path` into `out_dir`, refusing unsafe archives."""
+    try:
+        archive = zipfile.ZipFile(zip_path)
+    except (zipfile.BadZipFile, OSError) as error:
+        raise DownloadError(
+            f"{zip_path}: not a valid zip file ({error}). The download is corrupt or incomplete: "
+            f"rerun with FORCE=1 (or download the zip again)."
+        ) from None
+    with archive:
+        members = archive.infolist()
+        for member in members:
+            name = PurePosixPath(member.filename.replace("\\", "/"))
+            if name.is_absolute() or ".." in name.parts or (name.parts and ":" in name.parts[0]):
+                raise DownloadError(
+                    f"{zip_path}: refusing member '{member.filename}': absolute paths and '..' could write outside "
+                    f"{out_dir}. This is not the competition's archive; download it again."
+                )
+        by_name = {PurePosixPath(m.filename).name: m for m in members if not m.is_dir()}
+        missing = [name for name in paths.CSV_NAMES if name not in by_name]
+        if missing:
+            raise DownloadError(
+                f"{zip_path}: missing {', '.join(missing)} (it holds {', '.join(sorted(by_name)) or 'nothing'}). "
+                f"Is this the '{paths.COMPETITION}' archive? Download it again with FORCE=1."
+            )
+        for name in paths.CSV_NAMES:
+            _extract_member(archive, by_name[name], out_dir / name, zip_path)
+    return list(paths.CSV_NAMES)
+
+
+def _extract_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, target: Path, zip_path: Path) -> None:
+    limit = min(MAX_MEMBER_BYTES, max(member.file_size, 1), max(member.compress_size, 1) * MAX_EXPANSION)
+    if member.file_size > MAX_MEMBER_BYTES or member.file_size > max(member.compress_size, 1) * MAX_EXPANSION:
+        raise DownloadError(f"{zip_path}: member '{member.filename}' declares {member.file_size:,} bytes from "
+                            f"{member.compress_size:,} compressed: refused as a zip bomb. Download the archive again.")
+    written = 0
+    try:
+        with archive.open(member) as source, open(target, "wb") as out:
+            while chunk := source.read(1 << 20):
+                written += len(chunk)
+                if written > limit:
+                    raise DownloadError(
+                        f"{zip_path}: member '{member.filename}' inflates beyond its declared {member.file_size:,} "
+                        f"bytes: refused as a zip bomb. Download the archive again."
+                    )
+                out.write(chunk)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError) as error:
+        if isinstance(error, OSError) and not isinstance(error, zipfile.BadZipFile) and error.errno is not None:
+            raise  # a real disk error (full disk, permissions): let it surface as is
+        raise DownloadError(f"{zip_path}: member '{member.filename}' is corrupt ({error}). "
+                            f"Download the archive again with FORCE=1.") from None
+
+
+def _verify_and_move(staging: Path, dest: Path, log: Callable[[str], None], origin: str) -> DownloadResult:
+    try:
+        check = data.verify_folder(staging)
+    except data.DataError as error:
+        # Name the file as the user knows it (inside their zip or folder), not our staging copy.
+        message = str(error).replace(f"{staging}/", origin).replace(str(staging), origin)
+        raise DownloadError(f"verification failed, nothing was installed in {dest}: {message}") from None
+    for warning in check.warnings:
+        log(f"warning: {warning}")
+    for name in paths.CSV_NAMES:  # each rename is atomic; all three were verified together above
+        os.replace(staging / name, dest / name)
+    return DownloadResult(folder=dest, rows=check.rows, warnings=check.warnings)

@@ -1,0 +1,86 @@
+"""Atomic writes: a file appears under its final name complete, or not at all.
+
+Every artifact is written to a temporary name in the same folder, flushed to disk, then renamed,
+so a crash, a Ctrl-C or a full disk never leaves a half-written file where a later stage reads it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
+@contextlib.contextmanager
+def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `final`; rename it to `final` only if the block succeeds.
+
+    For writers that want a path rather than a file object (Keras, matplotlib, numpy). The
+    temporary name is hidden (leading dot) and keeps the extension such writers insist on.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=f".tmp{final.suffix}", dir=final.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the permissions open() would
+    try:
+        yield tmp
+        _fsync_file(tmp)
+        os.replace(tmp, final)
+        _fsync_dir(final.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_open(final: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iterator[IO]:
+    """Open a temporary file beside `final` for writing; rename it into place on success."""
+    with atomic_path(final) as tmp:
+        with open(tmp, mode, **kwargs) as handle:
+            yield handle
+
+
+def write_text(final: str | os.PathLike, text: str) -> None:
+    with atomic_open(final, "w", encoding="utf-8", newline="\n") as handle:
+        handle.write(text)
+
+
+def write_bytes(final: str | os.PathLike, data: bytes) -> None:
+    with atomic_open(final, "wb") as handle:
+        handle.write(data)
+
+
+def write_json(final: str | os.PathLike, obj: Any) -> None:
+    write_text(final, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # some platforms cannot open a folder; the rename is still atomic there
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
