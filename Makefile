@@ -17,7 +17,8 @@ train_args = $(call opt,PRESET,preset) $(call opt,FOLDS,folds) $(call opt,EPOCHS
 	$(call opt,MODEL,model) $(call opt,SEED,seed) $(call opt,RUN,run) $(call opt,ONLY,only) \
 	$(call opt,HOLDOUT,holdout) $(if $(filter 1 yes true,$(DETERMINISTIC)),--deterministic)
 
-.PHONY: help .venv download sample test test-fast lint format train report clean
+.PHONY: help .venv download sample test test-fast lint format train report submission ensemble submit submissions \
+	demo clean
 
 help: ## List the targets (this text)
 	@echo "Digit Recognizer pipeline. Usage: make <target> [VARIABLE=value ...]"
@@ -25,7 +26,8 @@ help: ## List the targets (this text)
 	@grep -E '^[a-zA-Z_.-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}'
 	@echo
 	@echo "Variables: COMPETITION SOURCE FORCE (download); PRESET FOLDS EPOCHS BATCH MODEL SEED RUN ONLY"
-	@echo "           HOLDOUT DETERMINISTIC (train); RUN (report). See README.md."
+	@echo "           HOLDOUT DETERMINISTIC (train); RUN (report, submission); TTA; RUNS WEIGHTS (ensemble);"
+	@echo "           FILE MESSAGE (submit). See README.md."
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	@echo ">> building $(VENV) from requirements.txt (first time: a few minutes, ~2.5 GB)"
@@ -48,6 +50,22 @@ train: .venv ## Train the k-fold CNNs (PRESET=quick|default|max FOLDS EPOCHS BAT
 
 report: .venv ## Print a run's fold table and the path of its report.html (RUN, default the latest)
 	$(DIGITS) report $(call opt,RUN,run)
+
+submission: .venv ## Blend a run's folds into submissions/<run>-cv<OOF acc>.csv (RUN, TTA=1)
+	$(DIGITS) submission $(call opt,RUN,run) $(if $(filter 1 yes true,$(TTA)),--tta)
+
+ensemble: .venv ## Blend several runs into one submission (RUNS=a,b WEIGHTS=equal|oof)
+	@test -n "$(RUNS)" || { echo "make ensemble needs RUNS=run1,run2"; exit 2; }
+	$(DIGITS) ensemble --runs '$(RUNS)' $(call opt,WEIGHTS,weights)
+
+submit: .venv ## Upload a submission to Kaggle and print its score (FILE, default the latest run's; MESSAGE)
+	$(DIGITS) submit --competition '$(COMPETITION)' $(call opt,RUN,run) $(call opt,FILE,file) $(call opt,MESSAGE,message)
+
+submissions: .venv ## List your past submissions to the competition, with their scores
+	$(DIGITS) submissions --competition '$(COMPETITION)'
+
+demo: .venv ## The whole pipeline offline on the bundled sample in a few minutes: data, training, submission, report
+	$(DIGITS) demo
 
 test: .venv ## Run the whole test suite (installs everything first; about 10 minutes on 2 cores)
 	$(BIN)/python -m pytest

@@ -26,6 +26,29 @@ def _cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    """The whole pipeline offline on the bundled sample: data, quick training, submission, report."""
+    import datetime as dt
+    import time
+
+    from digits import config, download, submission, train
+
+    started = time.perf_counter()
+    data_dir = Path(args.data_dir)
+    print(f"== 1/4 data: the bundled sample {paths.SAMPLE_ZIP} -> {data_dir}")
+    download.download(source=paths.SAMPLE_ZIP, dest=data_dir)
+    run_dir = Path(args.runs_dir) / f"demo-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    print(f"== 2/4 training: preset quick, 12 epochs (the sample is small) -> {run_dir}")
+    train.train_run(config.resolve("quick", {"epochs": 12}), run_dir, data_dir)
+    print("== 3/4 submission")
+    path = submission.make_submission(run_dir, data_dir=data_dir, submissions_dir=Path(args.submissions_dir))
+    print(f"== 4/4 done in {time.perf_counter() - started:.0f} s")
+    print(f"report:     {run_dir / 'report.html'}   (or `make report RUN={run_dir.name}`)")
+    print(f"submission: {path}")
+    print("On the full data: `make download train submission` (see README.md).")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="digits", description="Kaggle Digit Recognizer pipeline.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -37,30 +60,27 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("--force", action="store_true", help="fetch again even if valid files are present")
     download.set_defaults(handler=_cmd_download)
 
-    _add_training_commands(commands)
+    demo = commands.add_parser("demo", help="the whole pipeline offline on the bundled sample")
+    demo.add_argument("--data-dir", default=str(paths.DATA_DIR / "demo"))
+    demo.add_argument("--runs-dir", default=str(paths.RUNS_DIR))
+    demo.add_argument("--submissions-dir", default=str(paths.SUBMISSIONS_DIR))
+    demo.set_defaults(handler=_cmd_demo)
+
+    from digits import submission, train  # light imports: TensorFlow loads only when a command needs it
+
+    train.register_commands(commands)
+    submission.register_commands(commands)
     return parser
 
 
-def _add_training_commands(commands) -> None:
-    try:
-        from digits import train  # noqa: F401  (imported lazily below; here only to register commands)
-    except ImportError:
-        return
-    train.register_commands(commands)
-
-
 def user_errors() -> tuple[type[BaseException], ...]:
+    from digits.config import ConfigError
     from digits.data import DataError
     from digits.download import DownloadError
+    from digits.submission import SubmissionError
+    from digits.train import RunError
 
-    errors: list[type[BaseException]] = [UserError, DataError, DownloadError]
-    try:
-        from digits.config import ConfigError
-
-        errors.append(ConfigError)
-    except ImportError:
-        pass
-    return tuple(errors)
+    return UserError, DataError, DownloadError, ConfigError, RunError, SubmissionError
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -140,6 +140,8 @@ def _read_table(path: Path, expected: tuple[str, ...]) -> np.ndarray:
             frame.shape[1] == len(expected)
             and all(dtype == np.int64 for dtype in frame.dtypes)
             and b"\n\n" not in body.rstrip(b"\n")
+            # pandas silently turns surplus leading values of the first data row into an index
+            and body.count(b",", 0, body.find(b"\n") if b"\n" in body else len(body)) == len(expected) - 1
         )
     except (ValueError, pd.errors.ParserError):
         clean = False
@@ -160,24 +162,30 @@ def _scan_for_error(path: Path, body: bytes, expected: tuple[str, ...]) -> None:
         if not raw.strip():
             raise DataError(f"{where}: empty line. Delete it. {FIX_HINT}")
         cells = raw.decode("utf-8", errors="replace").split(",")
-        for column, cell in enumerate(cells[: len(expected)]):
+        if len(cells) != len(expected):  # before the cells: a line truncated after a comma ends in an empty cell
+            problem = "too few values (is the line truncated?)" if len(cells) < len(expected) else "too many values"
+            raise DataError(
+                f"{where}: {problem}: found {len(cells)}, expected {len(expected)} ({_describe(expected)}). {FIX_HINT}"
+            )
+        for column, cell in enumerate(cells):
             text = cell.strip()
             name = expected[column]
             if text == "":
                 raise DataError(f"{where}, column '{name}': missing value. {FIX_HINT}")
             if text == name:
-                raise DataError(f"{where}, column '{name}': found the header again (a duplicated header line). {FIX_HINT}")
+                raise DataError(
+                    f"{where}, column '{name}': found the header again (a duplicated header line). {FIX_HINT}"
+                )
             if not (text.isascii() and text.lstrip("-").isdigit()):
                 kind = "a decimal number" if _is_float(text) else "not a number"
                 raise DataError(f"{where}, column '{name}': {text[:20]!r} is {kind}; expected an integer. {FIX_HINT}")
-        if len(cells) != len(expected):
-            problem = "too few values (is the line truncated?)" if len(cells) < len(expected) else "too many values"
-            raise DataError(
-                f"{where}: {problem}: found {len(cells)}, expected {len(expected)} ({_describe(expected)}). {FIX_HINT}"
-            )
+            if not -(2**63) <= int(text) < 2**63:  # pandas reads these as uint64/text, so no range check sees them
+                raise DataError(f"{where}, column '{name}': {text[:20]!r} is far out of range. {FIX_HINT}")
 
 
-def _check_range(path: Path, table: np.ndarray, columns: tuple[str, ...], column, low: int, high: int, what: str) -> None:
+def _check_range(
+    path: Path, table: np.ndarray, columns: tuple[str, ...], column, low: int, high: int, what: str
+) -> None:
     values = table[:, column]
     bad = (values < low) | (values > high)
     if not bad.any():

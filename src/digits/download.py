@@ -9,7 +9,8 @@ Guarantees: idempotent (valid files already in place: nothing is fetched, and it
 `force=True` fetches again); a CSV appears under its final name only once complete and verified
 (extracted to a hidden staging folder, validated, then renamed); archive members with absolute
 paths or `..` are refused, as are members that inflate far beyond their declared size; credentials
-are never printed. Network failures are retried with exponential backoff.
+are never printed. Network failures are retried with exponential backoff; the first delay is
+`backoff` seconds, or `DIGITS_DOWNLOAD_BACKOFF` (seconds, a float; tests set it tiny), else 2.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ CREDENTIALS_HELP = (
     "Kaggle credentials not found. Provide them in one of the three ways the official client accepts:\n"
     "  1. an API token: export KAGGLE_API_TOKEN=<token> (Kaggle > Settings > API > Generate New Token)\n"
     "  2. a legacy key pair: export KAGGLE_USERNAME=<user> KAGGLE_KEY=<key>\n"
-    "  3. a kaggle.json file ({{\"username\": ..., \"key\": ...}}) in {config_dir} (or the folder named by "
+    '  3. a kaggle.json file ({{"username": ..., "key": ...}}) in {config_dir} (or the folder named by '
     "KAGGLE_CONFIG_DIR), made private with chmod 600\n"
     "Or skip the API: download the zip in a browser and run `make download SOURCE=path/to/{competition}.zip`."
 )
@@ -59,7 +60,7 @@ def download(
     source: Path | None = None,
     force: bool = False,
     retries: int = 4,
-    backoff: float = 2.0,
+    backoff: float | None = None,
     log: Callable[[str], None] = print,
 ) -> DownloadResult:
     """Make `dest` hold verified competition CSVs; see the module docstring."""
@@ -67,8 +68,10 @@ def download(
     if not force:
         existing = _existing_valid(dest)
         if existing is not None:
-            log(f"{dest}: train.csv, test.csv and sample_submission.csv are present and valid; nothing to do "
-                f"(FORCE=1 fetches again).")
+            log(
+                f"{dest}: train.csv, test.csv and sample_submission.csv are present and valid; nothing to do "
+                f"(FORCE=1 fetches again)."
+            )
             existing.fetched = False
             return existing
     dest.mkdir(parents=True, exist_ok=True)
@@ -77,11 +80,26 @@ def download(
         if source.is_dir():
             return _install_from_folder(source, dest, log)
         if not source.exists():
-            raise DownloadError(f"{source}: not found. SOURCE must be the competition zip or a folder holding its CSVs.")
+            raise DownloadError(
+                f"{source}: not found. SOURCE must be the competition zip or a folder holding its CSVs."
+            )
         zip_path = source
     else:
+        if backoff is None:
+            backoff = _backoff_from_env()
         zip_path = _fetch_with_kaggle(competition, dest, force=force, retries=retries, backoff=backoff, log=log)
     return _install_from_zip(zip_path, dest, log)
+
+
+def _backoff_from_env(default: float = 2.0) -> float:
+    text = os.environ.get("DIGITS_DOWNLOAD_BACKOFF", "").strip()
+    try:
+        value = float(text) if text else default
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise DownloadError(f"DIGITS_DOWNLOAD_BACKOFF={text!r}: expected the first retry delay in seconds (>= 0).")
+    return value
 
 
 def _existing_valid(dest: Path) -> DownloadResult | None:
@@ -138,15 +156,27 @@ def kaggle_api():
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         from kaggle.api.kaggle_api_extended import KaggleApi
 
+    import requests
+
     api = KaggleApi()
+    # VERBOSE=1 (or VERBOSE_OUTPUT) in the environment makes the client dump every request, the
+    # Authorization header included: never let it print the credentials.
+    api.args = [arg for arg in api.args if arg != "--verbose"]
     captured = io.StringIO()
     try:
         with contextlib.redirect_stdout(captured):
             api.authenticate()
     except SystemExit:
+        # Credentials are set (checked above), yet the client gave up: Kaggle reported the token inactive,
+        # or the file holding them is unusable. Saying "not found" here would send the user the wrong way.
         raise DownloadError(
-            CREDENTIALS_HELP.format(config_dir=kaggle_config_dir(), competition=paths.COMPETITION)
+            f"Kaggle did not accept the credentials from {credentials_source()}: the token is revoked or expired (Kaggle "
+            f'reports it inactive), or kaggle.json is not valid JSON with "username" and "key". Create a new '
+            f"token at https://www.kaggle.com/settings (API section) and update them, or skip the API: "
+            f"download the zip in a browser and run `make download SOURCE=path/to/{paths.COMPETITION}.zip`."
         ) from None
+    except requests.exceptions.RequestException as error:  # checking a token is a network call
+        raise DownloadError(explain_http_error(error, paths.COMPETITION, "check the credentials")) from None
     return api
 
 
@@ -156,16 +186,22 @@ def explain_http_error(error: Exception, competition: str, action: str) -> str:
     status = getattr(response, "status_code", None)
     detail = str(error).strip() or type(error).__name__
     if status == 401:
-        return (f"Kaggle rejected the credentials (401 Unauthorized) while trying to {action}. "
-                f"The token or key is wrong or expired: create a new one at https://www.kaggle.com/settings "
-                f"(API section) and update KAGGLE_API_TOKEN, KAGGLE_USERNAME/KAGGLE_KEY or kaggle.json.")
+        return (
+            f"Kaggle rejected the credentials (401 Unauthorized) while trying to {action}. "
+            f"The token or key is wrong or expired: create a new one at https://www.kaggle.com/settings "
+            f"(API section) and update KAGGLE_API_TOKEN, KAGGLE_USERNAME/KAGGLE_KEY or kaggle.json."
+        )
     if status == 403:
-        return (f"Kaggle refused access to competition '{competition}' (403 Forbidden: {detail}). "
-                f"Accept the competition rules at {RULES_URL.format(competition=competition)} "
-                f"(signed in as the account of your credentials), then rerun.")
+        return (
+            f"Kaggle refused access to competition '{competition}' (403 Forbidden: {detail}). "
+            f"Accept the competition rules at {RULES_URL.format(competition=competition)} "
+            f"(signed in as the account of your credentials), then rerun."
+        )
     if status == 404:
-        return (f"Kaggle has no competition '{competition}' (404 Not Found). Check COMPETITION "
-                f"(the last part of the competition's URL).")
+        return (
+            f"Kaggle has no competition '{competition}' (404 Not Found). Check COMPETITION "
+            f"(the last part of the competition's URL)."
+        )
     if status == 429:
         return f"Kaggle is rate-limiting requests (429 Too Many Requests) while trying to {action}; wait a minute and rerun."
     if status is not None:
@@ -173,8 +209,9 @@ def explain_http_error(error: Exception, competition: str, action: str) -> str:
     return f"could not reach Kaggle to {action}: {detail}. Check your internet connection and rerun."
 
 
-def _fetch_with_kaggle(competition: str, dest: Path, force: bool, retries: int, backoff: float,
-                       log: Callable[[str], None]) -> Path:
+def _fetch_with_kaggle(
+    competition: str, dest: Path, force: bool, retries: int, backoff: float, log: Callable[[str], None]
+) -> Path:
     import requests
 
     warn_if_config_readable(log)
@@ -201,11 +238,12 @@ def _fetch_with_kaggle(competition: str, dest: Path, force: bool, retries: int, 
         if attempt > retries:
             raise DownloadError(
                 f"download of '{competition}' failed after {attempt} attempts: "
-                f"{explain_http_error(last_error, competition, 'download the data')} "
-                f"A partial file is kept in {staging} and the next run resumes from it."
+                f"{explain_http_error(last_error, competition, 'download the data')}"
             ) from None
         delay = backoff * 2 ** (attempt - 1)
-        log(f"download interrupted ({type(last_error).__name__}: {last_error}); retry {attempt}/{retries} in {delay:.0f} s")
+        log(
+            f"download interrupted ({type(last_error).__name__}: {last_error}); retry {attempt}/{retries} in {delay:.0f} s"
+        )
         time.sleep(delay)
     fetched = staging / f"{competition}.zip"
     if not fetched.is_file():
@@ -237,8 +275,10 @@ def _install_from_zip(zip_path: Path, dest: Path, log: Callable[[str], None]) ->
 def _install_from_folder(source: Path, dest: Path, log: Callable[[str], None]) -> DownloadResult:
     missing = [name for name in paths.CSV_NAMES if not (source / name).is_file()]
     if missing:
-        raise DownloadError(f"{source}: missing {', '.join(missing)}. SOURCE must be the competition zip or a "
-                            f"folder holding {', '.join(paths.CSV_NAMES)}.")
+        raise DownloadError(
+            f"{source}: missing {', '.join(missing)}. SOURCE must be the competition zip or a "
+            f"folder holding {', '.join(paths.CSV_NAMES)}."
+        )
     staging = dest / ".extract"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -285,8 +325,10 @@ def extract_safely(zip_path: Path, out_dir: Path) -> list[str]:
 def _extract_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, target: Path, zip_path: Path) -> None:
     limit = min(MAX_MEMBER_BYTES, max(member.file_size, 1), max(member.compress_size, 1) * MAX_EXPANSION)
     if member.file_size > MAX_MEMBER_BYTES or member.file_size > max(member.compress_size, 1) * MAX_EXPANSION:
-        raise DownloadError(f"{zip_path}: member '{member.filename}' declares {member.file_size:,} bytes from "
-                            f"{member.compress_size:,} compressed: refused as a zip bomb. Download the archive again.")
+        raise DownloadError(
+            f"{zip_path}: member '{member.filename}' declares {member.file_size:,} bytes from "
+            f"{member.compress_size:,} compressed: refused as a zip bomb. Download the archive again."
+        )
     written = 0
     try:
         with archive.open(member) as source, open(target, "wb") as out:
@@ -301,8 +343,9 @@ def _extract_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, target: P
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError) as error:
         if isinstance(error, OSError) and not isinstance(error, zipfile.BadZipFile) and error.errno is not None:
             raise  # a real disk error (full disk, permissions): let it surface as is
-        raise DownloadError(f"{zip_path}: member '{member.filename}' is corrupt ({error}). "
-                            f"Download the archive again with FORCE=1.") from None
+        raise DownloadError(
+            f"{zip_path}: member '{member.filename}' is corrupt ({error}). Download the archive again with FORCE=1."
+        ) from None
 
 
 def _verify_and_move(staging: Path, dest: Path, log: Callable[[str], None], origin: str) -> DownloadResult:

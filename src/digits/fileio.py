@@ -33,7 +33,8 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=f".tmp{final.suffix}", dir=final.parent)
+    # Writers such as Keras insist on the full extension (".weights.h5"), so keep every suffix.
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp" + "".join(final.suffixes), dir=final.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the permissions open() would
@@ -49,9 +50,8 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
 @contextlib.contextmanager
 def atomic_open(final: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iterator[IO]:
     """Open a temporary file beside `final` for writing; rename it into place on success."""
-    with atomic_path(final) as tmp:
-        with open(tmp, mode, **kwargs) as handle:
-            yield handle
+    with atomic_path(final) as tmp, open(tmp, mode, **kwargs) as handle:
+        yield handle
 
 
 def write_text(final: str | os.PathLike, text: str) -> None:

@@ -33,9 +33,7 @@ def build_sample(source_zip: Path, out_zip: Path, train_rows: int = 3000, test_r
         test_header, test_lines = _lines(archive, "test.csv")
         submission_header, _ = _lines(archive, "sample_submission.csv")
     labels = np.array([int(line.split(b",", 1)[0]) for line in train_lines])
-    train_index, _ = train_test_split(
-        np.arange(len(labels)), train_size=train_rows, stratify=labels, random_state=seed
-    )
+    train_index, _ = train_test_split(np.arange(len(labels)), train_size=train_rows, stratify=labels, random_state=seed)
     rng = np.random.default_rng(seed)
     test_index = rng.choice(len(test_lines), size=test_rows, replace=False)
     train_index, test_index = np.sort(train_index), np.sort(test_index)
@@ -58,8 +56,12 @@ def build_sample(source_zip: Path, out_zip: Path, train_rows: int = 3000, test_r
             archive.writestr(info, data, compresslevel=9)
     fileio.write_bytes(out_zip, buffer.getvalue())
     counts = np.bincount(labels[train_index], minlength=10).tolist()
-    return {"train_rows": len(train_index), "test_rows": len(test_index), "class_counts": counts,
-            "bytes": out_zip.stat().st_size}
+    return {
+        "train_rows": len(train_index),
+        "test_rows": len(test_index),
+        "class_counts": counts,
+        "bytes": out_zip.stat().st_size,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,8 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     summary = build_sample(args.source, args.out, args.train_rows, args.test_rows, args.seed)
-    print(f"wrote {args.out} ({summary['bytes'] / 1e6:.2f} MB): {summary['train_rows']} train rows "
-          f"(per class {summary['class_counts']}), {summary['test_rows']} test rows")
+    print(
+        f"wrote {args.out} ({summary['bytes'] / 1e6:.2f} MB): {summary['train_rows']} train rows "
+        f"(per class {summary['class_counts']}), {summary['test_rows']} test rows"
+    )
     return 0
 
 

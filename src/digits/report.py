@@ -1,0 +1,452 @@
+"""Validation reports: numbers (JSON) and pictures (PNG), per fold and per run, and one HTML page.
+
+Per fold (`fold_<k>/`): report.json (accuracy, loss, per-class precision/recall/F1, confusion
+matrix, best epoch, seconds, images/s, peak RSS), curves.png, confusion.png, errors.png.
+Per run: oof.csv (row id, fold, label, prediction, 10 probabilities), report.json (fold table,
+mean and std, OOF accuracy over all rows, OOF confusion matrix, the most confused pairs, holdout
+accuracy of the fold ensemble when there is a holdout) and report.html, a self-contained page
+(pictures embedded) with every fold side by side.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display needed; must precede pyplot
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from sklearn.metrics import confusion_matrix, log_loss, precision_recall_fscore_support  # noqa: E402
+
+from digits import data, fileio, folds  # noqa: E402
+
+CLASSES = list(range(data.NUM_CLASSES))
+ERROR_GRID = 36  # misclassified digits shown per fold
+
+
+def classification_summary(labels: np.ndarray, probs: np.ndarray) -> dict:
+    predictions = probs.argmax(axis=1)
+    precision, recall, f1, support = precision_recall_fscore_support(
+        labels, predictions, labels=CLASSES, zero_division=0
+    )
+    matrix = confusion_matrix(labels, predictions, labels=CLASSES)
+    return {
+        "rows": int(len(labels)),
+        "accuracy": float((predictions == labels).mean()),
+        "loss": float(log_loss(labels, np.clip(probs, 1e-7, 1.0), labels=CLASSES)),
+        "errors": int((predictions != labels).sum()),
+        "per_class": {
+            str(c): {
+                "precision": float(precision[c]),
+                "recall": float(recall[c]),
+                "f1": float(f1[c]),
+                "support": int(support[c]),
+            }
+            for c in CLASSES
+        },
+        "confusion_matrix": matrix.tolist(),
+    }
+
+
+def fold_report(
+    fold: int,
+    labels: np.ndarray,
+    probs: np.ndarray,
+    history: list[dict],
+    best_epoch: int,
+    train_images: int,
+    train_seconds: float,
+    predict_images_per_second: float,
+    peak_rss_mb: float,
+    parameters: int,
+) -> dict:
+    epochs_run = len(history)
+    summary = classification_summary(labels, probs)
+    return {
+        "fold": fold,
+        **summary,
+        "best_epoch": best_epoch,
+        "epochs": epochs_run,
+        "train_seconds": round(train_seconds, 1),
+        "seconds_per_epoch": round(train_seconds / max(epochs_run, 1), 2),
+        "train_images_per_second": round(train_images * epochs_run / max(train_seconds, 1e-9), 1),
+        "predict_images_per_second": round(predict_images_per_second, 1),
+        "peak_rss_mb": round(peak_rss_mb, 1),
+        "parameters": int(parameters),
+    }
+
+
+# --- pictures ----------------------------------------------------------------------------------------
+
+
+def _save_figure(figure, path: Path) -> None:
+    with fileio.atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+    plt.close(figure)
+
+
+def plot_curves(history: list[dict], best_epoch: int, path: Path, title: str) -> None:
+    frame = pd.DataFrame(history)
+    figure, (loss_axis, acc_axis) = plt.subplots(1, 2, figsize=(9, 3.2))
+    for axis, metric in ((loss_axis, "loss"), (acc_axis, "accuracy")):
+        if metric in frame:
+            axis.plot(frame["epoch"], frame[metric], label=f"train {metric}")
+        if f"val_{metric}" in frame:
+            axis.plot(frame["epoch"], frame[f"val_{metric}"], label=f"val {metric}")
+        if best_epoch:
+            axis.axvline(best_epoch, color="grey", linestyle=":", label=f"best epoch {best_epoch}")
+        axis.set_xlabel("epoch")
+        axis.set_title(metric)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    if "val_accuracy" in frame and len(frame) > 1:
+        tail = frame["val_accuracy"].iloc[len(frame) // 3 :]
+        acc_axis.set_ylim(max(0.0, tail.min() - 0.01), 1.0)
+    figure.suptitle(title)
+    _save_figure(figure, path)
+
+
+def plot_confusion(matrix: np.ndarray, path: Path, title: str) -> None:
+    matrix = np.asarray(matrix)
+    figure, axis = plt.subplots(figsize=(4.6, 4.2))
+    off_diagonal = matrix.copy()
+    np.fill_diagonal(off_diagonal, 0)
+    # Colour the mistakes (the diagonal would swamp the scale); print every count.
+    axis.imshow(off_diagonal, cmap="Reds", vmin=0, vmax=max(off_diagonal.max(), 1))
+    for (row, col), count in np.ndenumerate(matrix):
+        axis.text(
+            col, row, str(count), ha="center", va="center", fontsize=6.5, color="black" if row != col else "tab:blue"
+        )
+    axis.set_xticks(CLASSES)
+    axis.set_yticks(CLASSES)
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("true")
+    axis.set_title(title, fontsize=9)
+    _save_figure(figure, path)
+
+
+def plot_errors(
+    images: np.ndarray,
+    labels: np.ndarray,
+    probs: np.ndarray,
+    row_ids: np.ndarray,
+    path: Path,
+    title: str,
+    limit: int = ERROR_GRID,
+) -> None:
+    """The most confident mistakes first: true label, prediction, confidence and train.csv row."""
+    predictions = probs.argmax(axis=1)
+    wrong = np.flatnonzero(predictions != labels)
+    wrong = wrong[np.argsort(-probs[wrong, predictions[wrong]])][:limit]
+    columns = 9
+    rows = max(int(np.ceil(len(wrong) / columns)), 1)
+    figure, axes = plt.subplots(rows, columns, figsize=(columns * 1.1, rows * 1.35 + 0.4), squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    for axis, index in zip(axes.flat, wrong, strict=False):
+        axis.imshow(images[index, :, :, 0], cmap="gray_r", vmin=0, vmax=255)
+        axis.set_title(
+            f"{labels[index]}→{predictions[index]} {probs[index, predictions[index]]:.2f}\nrow {row_ids[index]}",
+            fontsize=6.5,
+        )
+    if not len(wrong):
+        axes.flat[0].text(0, 0.5, "no misclassified digits", fontsize=9)
+    figure.suptitle(
+        f"{title}: {len(np.flatnonzero(predictions != labels))} mistakes "
+        f"(true→predicted confidence, most confident first)",
+        fontsize=9,
+    )
+    _save_figure(figure, path)
+
+
+def plot_samples(images: np.ndarray, labels: np.ndarray, path: Path, per_class: int = 8, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    figure, axes = plt.subplots(len(CLASSES), per_class, figsize=(per_class * 0.7, len(CLASSES) * 0.7))
+    for digit in CLASSES:
+        rows = np.flatnonzero(labels == digit)
+        chosen = rng.choice(rows, size=min(per_class, len(rows)), replace=False) if len(rows) else []
+        for column in range(per_class):
+            axis = axes[digit, column]
+            axis.axis("off")
+            if column < len(chosen):
+                axis.imshow(images[chosen[column], :, :, 0], cmap="gray_r", vmin=0, vmax=255)
+    figure.suptitle("sample digits per class (rows 0-9)", fontsize=9)
+    _save_figure(figure, path)
+
+
+def fold_pictures(
+    fold_dir: Path,
+    history: list[dict],
+    fold_report: dict,
+    images: np.ndarray,
+    labels: np.ndarray,
+    probs: np.ndarray,
+    row_ids: np.ndarray,
+) -> None:
+    title = f"fold {fold_report['fold']}"
+    plot_curves(history, fold_report["best_epoch"], fold_dir / "curves.png", f"{title}: learning curves")
+    plot_confusion(
+        np.array(fold_report["confusion_matrix"]),
+        fold_dir / "confusion.png",
+        f"{title}: confusion (val acc {fold_report['accuracy']:.4f})",
+    )
+    plot_errors(images, labels, probs, row_ids, fold_dir / "errors.png", title)
+
+
+# --- the run ------------------------------------------------------------------------------------------
+
+
+def most_confused(matrix: np.ndarray, top: int = 5) -> list[dict]:
+    matrix = np.asarray(matrix)
+    pairs = []
+    for a in CLASSES:
+        for b in CLASSES:
+            if a < b and matrix[a, b] + matrix[b, a] > 0:
+                pairs.append(
+                    {
+                        "classes": [a, b],
+                        "count": int(matrix[a, b] + matrix[b, a]),
+                        f"{a}_as_{b}": int(matrix[a, b]),
+                        f"{b}_as_{a}": int(matrix[b, a]),
+                    }
+                )
+    return sorted(pairs, key=lambda pair: -pair["count"])[:top]
+
+
+def load_oof(run_dir: Path, fold_count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row ids, fold ids and probabilities of every fold's validation rows, sorted by row id."""
+    row_ids, fold_ids, probs = [], [], []
+    for fold in range(fold_count):
+        oof = np.load(run_dir / f"fold_{fold}" / "oof.npy")
+        row_ids.append(oof["row_id"])
+        fold_ids.append(np.full(len(oof), fold))
+        probs.append(oof["probs"])
+    row_ids, fold_ids, probs = np.concatenate(row_ids), np.concatenate(fold_ids), np.concatenate(probs)
+    order = np.argsort(row_ids)
+    return row_ids[order], fold_ids[order], probs[order]
+
+
+def run_report(run_dir: Path, train: data.TrainData, fold_ids: np.ndarray) -> dict:
+    config = json.loads((run_dir / "config.json").read_text())
+    fold_count = int(config["config"]["folds"])
+    fold_reports = [json.loads((run_dir / f"fold_{k}" / "report.json").read_text()) for k in range(fold_count)]
+    row_ids, oof_folds, probs = load_oof(run_dir, fold_count)
+    labels = train.labels[row_ids]
+    expected_rows = np.flatnonzero(fold_ids != folds.HOLDOUT_FOLD)
+    if not np.array_equal(row_ids, expected_rows):
+        raise ValueError(f"{run_dir}: the folds' oof.npy files do not cover the training rows exactly once")
+    frame = pd.DataFrame({"row_id": row_ids, "fold": oof_folds, "label": labels, "prediction": probs.argmax(axis=1)})
+    for c in CLASSES:
+        frame[f"prob_{c}"] = probs[:, c]
+    with fileio.atomic_open(run_dir / "oof.csv", "w", newline="") as handle:
+        frame.to_csv(handle, index=False, float_format="%.6g")
+
+    oof = classification_summary(labels, probs)
+    accuracies = np.array([r["accuracy"] for r in fold_reports])
+    losses = np.array([r["loss"] for r in fold_reports])
+    report = {
+        "run": run_dir.name,
+        "config": config["config"],
+        "folds": [
+            {
+                key: r[key]
+                for key in (
+                    "fold",
+                    "rows",
+                    "accuracy",
+                    "loss",
+                    "errors",
+                    "best_epoch",
+                    "epochs",
+                    "train_seconds",
+                    "seconds_per_epoch",
+                    "train_images_per_second",
+                    "peak_rss_mb",
+                )
+            }
+            for r in fold_reports
+        ],
+        "fold_accuracy_mean": float(accuracies.mean()),
+        "fold_accuracy_std": float(accuracies.std(ddof=1)) if len(accuracies) > 1 else 0.0,
+        "fold_loss_mean": float(losses.mean()),
+        "oof_accuracy": oof["accuracy"],
+        "oof_loss": oof["loss"],
+        "oof_errors": oof["errors"],
+        "oof_rows": oof["rows"],
+        "oof_per_class": oof["per_class"],
+        "oof_confusion_matrix": oof["confusion_matrix"],
+        "most_confused": most_confused(np.array(oof["confusion_matrix"])),
+        "train_seconds_total": round(sum(r["train_seconds"] for r in fold_reports), 1),
+        "class_balance": class_balance(train.labels, fold_ids),
+    }
+    holdout = fold_ids == folds.HOLDOUT_FOLD
+    if holdout.any():
+        report["holdout"] = holdout_summary(run_dir, fold_count, train.labels[holdout])
+    plot_confusion(
+        np.array(oof["confusion_matrix"]),
+        run_dir / "oof_confusion.png",
+        f"out-of-fold confusion (acc {oof['accuracy']:.4f})",
+    )
+    plot_samples(train.images, train.labels, run_dir / "samples.png")
+    fileio.write_json(run_dir / "report.json", report)
+    fileio.write_text(run_dir / "report.html", render_html(run_dir, report))
+    return report
+
+
+def holdout_summary(run_dir: Path, fold_count: int, labels: np.ndarray) -> dict:
+    fold_probs = [np.load(run_dir / f"fold_{k}" / "holdout_probs.npy") for k in range(fold_count)]
+    ensemble = np.mean(fold_probs, axis=0)
+    return {
+        "rows": int(len(labels)),
+        "ensemble_accuracy": float((ensemble.argmax(axis=1) == labels).mean()),
+        "fold_accuracy": [float((p.argmax(axis=1) == labels).mean()) for p in fold_probs],
+    }
+
+
+def class_balance(labels: np.ndarray, fold_ids: np.ndarray) -> dict:
+    """Rows per class in each fold (and the holdout), as {fold name: [count per class]}."""
+    balance = {"all": np.bincount(labels, minlength=len(CLASSES)).tolist()}
+    for fold in sorted(set(fold_ids.tolist())):
+        name = "holdout" if fold == folds.HOLDOUT_FOLD else f"fold {fold}"
+        balance[name] = np.bincount(labels[fold_ids == fold], minlength=len(CLASSES)).tolist()
+    return balance
+
+
+def format_fold_table(report: dict) -> str:
+    lines = [
+        f"run {report['run']}  ({report['config']['model']}, {report['config']['epochs']} epochs, "
+        f"preset {report['config']['preset']})",
+        f"{'fold':>4}  {'val acc':>8}  {'val loss':>8}  {'errors':>6}  {'best epoch':>10}  {'time':>8}  {'img/s':>7}",
+    ]
+    for row in report["folds"]:
+        lines.append(
+            f"{row['fold']:>4}  {row['accuracy']:>8.4f}  {row['loss']:>8.4f}  {row['errors']:>6}  "
+            f"{row['best_epoch']:>5}/{row['epochs']:<4}  {row['train_seconds']:>7.0f}s  "
+            f"{row['train_images_per_second']:>7.0f}"
+        )
+    lines.append(
+        f"mean  {report['fold_accuracy_mean']:>8.4f}  {report['fold_loss_mean']:>8.4f}   "
+        f"(std {report['fold_accuracy_std']:.4f})"
+    )
+    lines.append(
+        f"OOF accuracy {report['oof_accuracy']:.4f} over {report['oof_rows']:,} rows ({report['oof_errors']} errors)"
+    )
+    if "holdout" in report:
+        lines.append(
+            f"holdout ({report['holdout']['rows']:,} rows): fold ensemble accuracy "
+            f"{report['holdout']['ensemble_accuracy']:.4f}"
+        )
+    confused = ", ".join(f"{p['classes'][0]}↔{p['classes'][1]} ({p['count']})" for p in report["most_confused"][:3])
+    if confused:
+        lines.append(f"most confused: {confused}")
+    return "\n".join(lines)
+
+
+# --- HTML ---------------------------------------------------------------------------------------------
+
+
+def _image_tag(path: Path, alt: str) -> str:
+    if not path.is_file():
+        return f"<p class='missing'>({html.escape(path.name)} missing)</p>"
+    encoded = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f"<img src='data:image/png;base64,{encoded}' alt='{html.escape(alt)}'>"
+
+
+def _table(header: list[str], rows: list[list], classes: str = "") -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table class='{classes}'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def render_html(run_dir: Path, report: dict) -> str:
+    config = report["config"]
+    fold_rows = [
+        [
+            r["fold"],
+            f"{r['accuracy']:.4f}",
+            f"{r['loss']:.4f}",
+            r["errors"],
+            f"{r['best_epoch']}/{r['epochs']}",
+            f"{r['train_seconds']:.0f}",
+            f"{r['seconds_per_epoch']:.1f}",
+            f"{r['train_images_per_second']:.0f}",
+            f"{r['peak_rss_mb']:.0f}",
+        ]
+        for r in report["folds"]
+    ]
+    fold_rows.append(
+        [
+            "mean ± std",
+            f"{report['fold_accuracy_mean']:.4f} ± {report['fold_accuracy_std']:.4f}",
+            f"{report['fold_loss_mean']:.4f}",
+            sum(r["errors"] for r in report["folds"]),
+            "",
+            "",
+            "",
+            "",
+            "",
+        ]
+    )
+    balance_rows = [[name, *counts, sum(counts)] for name, counts in report["class_balance"].items()]
+    confused_rows = [[f"{p['classes'][0]} ↔ {p['classes'][1]}", p["count"]] for p in report["most_confused"]]
+    per_class_rows = [
+        [c, f"{v['precision']:.4f}", f"{v['recall']:.4f}", f"{v['f1']:.4f}", v["support"]]
+        for c, v in report["oof_per_class"].items()
+    ]
+    columns = "".join(
+        f"<div class='fold'><h3>fold {r['fold']} · val acc {r['accuracy']:.4f}</h3>"
+        + _image_tag(run_dir / f"fold_{r['fold']}" / "curves.png", f"fold {r['fold']} learning curves")
+        + _image_tag(run_dir / f"fold_{r['fold']}" / "confusion.png", f"fold {r['fold']} confusion matrix")
+        + _image_tag(run_dir / f"fold_{r['fold']}" / "errors.png", f"fold {r['fold']} misclassified digits")
+        + "</div>"
+        for r in report["folds"]
+    )
+    holdout = ""
+    if "holdout" in report:
+        h = report["holdout"]
+        holdout = (
+            f"<h2>Holdout</h2><p>{h['rows']:,} rows kept out of every fold. Fold ensemble accuracy "
+            f"<b>{h['ensemble_accuracy']:.4f}</b>; single folds: "
+            f"{', '.join(f'{a:.4f}' for a in h['fold_accuracy'])}.</p>"
+        )
+    settings = ", ".join(f"{k}={v}" for k, v in config.items())
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>Run {html.escape(report["run"])}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }}
+table {{ border-collapse: collapse; margin: .5em 0 1em; font-size: 13px; }}
+th, td {{ border: 1px solid #ccc; padding: 3px 8px; text-align: right; }}
+th {{ background: #f3f3f3; }}
+.folds {{ display: flex; gap: 12px; overflow-x: auto; align-items: flex-start; }}
+.fold {{ flex: 0 0 auto; width: 460px; border: 1px solid #ddd; padding: 6px; }}
+.fold img {{ width: 100%; display: block; margin-bottom: 6px; }}
+.summary img {{ max-width: 420px; }}
+code {{ font-size: 12px; }}
+</style></head><body>
+<h1>Run {html.escape(report["run"])}</h1>
+<p><b>OOF accuracy {report["oof_accuracy"]:.4f}</b> over {report["oof_rows"]:,} rows ({report["oof_errors"]} errors),
+OOF log loss {report["oof_loss"]:.4f}; fold accuracy {report["fold_accuracy_mean"]:.4f} ± {report["fold_accuracy_std"]:.4f};
+training time {report["train_seconds_total"]:.0f} s.</p>
+<p><code>{html.escape(settings)}</code></p>
+<h2>Data</h2>
+<p>Rows per class in train.csv and in each fold's validation part.</p>
+{_table(["", *CLASSES, "total"], balance_rows)}
+<div class="summary">{_image_tag(run_dir / "samples.png", "sample digits per class")}</div>
+<h2>Folds</h2>
+{_table(["fold", "val acc", "val loss", "errors", "best epoch", "train s", "s/epoch", "images/s", "peak RSS MB"], fold_rows)}
+{holdout}
+<h2>Out-of-fold predictions</h2>
+<div class="summary">{_image_tag(run_dir / "oof_confusion.png", "out-of-fold confusion matrix")}</div>
+<h3>Most confused pairs</h3>
+{_table(["pair", "mistakes"], confused_rows)}
+<h3>Per class</h3>
+{_table(["class", "precision", "recall", "F1", "support"], per_class_rows)}
+<h2>Every fold side by side</h2>
+<div class="folds">{columns}</div>
+</body></html>
+"""

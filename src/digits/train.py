@@ -1,0 +1,650 @@
+"""Stratified k-fold CNN training, resumable, with per-fold artifacts.
+
+In:  a Config, `data/raw/train.csv` and `test.csv` (or any folder holding them), a run folder.
+Out: `runs/<run>/config.json`, `folds.csv`, and per fold `fold_<k>/`: `model.keras` (best epoch on
+     the fold's validation rows), `history.csv`, `oof.npy` (row ids + validation probabilities),
+     `test_probs.npy`, `holdout_probs.npy` (when HOLDOUT > 0), `report.json` and pictures; then the
+     run-level `oof.csv`, `report.json` and `report.html` (see report.py).
+
+A fold is finished when its `report.json` exists (written last). An interrupted fold resumes from
+its last completed epoch: at every epoch end the weights and optimizer state are saved to
+`fold_<k>/backup/` (atomically), then a small `state.json` commits that epoch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import fcntl
+import json
+import os
+import platform
+import random
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from digits import config as config_lib
+from digits import data, fileio, folds, paths
+from digits.config import Config, ConfigError
+
+# Quiet TensorFlow's C++ start-up chatter (CUDA probing on CPU machines) unless the user asks for it.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+CLASS_NAMES = [str(digit) for digit in range(data.NUM_CLASSES)]
+
+
+class RunError(RuntimeError):
+    """A run folder cannot be used as asked (locked, different config, not found)."""
+
+
+@dataclass
+class FoldData:
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    val_images: np.ndarray
+    val_labels: np.ndarray
+    val_row_ids: np.ndarray
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def configure_tensorflow(config: Config) -> None:
+    """Seeds, determinism and threads; call before building any model."""
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(config.seed)
+    random.seed(config.seed)
+    np.random.seed(config.seed)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    cores = available_cores()
+    with contextlib.suppress(RuntimeError):  # already initialised in this process: keep its settings
+        tf.config.threading.set_intra_op_parallelism_threads(cores)
+        tf.config.threading.set_inter_op_parallelism_threads(min(cores, 2))
+
+
+def distribution_strategy():
+    import tensorflow as tf
+
+    gpus = tf.config.list_logical_devices("GPU")
+    return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
+
+
+def cosine_schedule(config: Config, steps_per_epoch: int):
+    """Linear warm-up to the peak learning rate, then cosine decay to zero at the last step."""
+    import keras
+
+    total = max(config.epochs * steps_per_epoch, 1)
+    warmup = int(round(config.warmup_epochs * steps_per_epoch))
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0 if warmup else config.learning_rate,
+        decay_steps=max(total - warmup, 1),
+        alpha=0.0,
+        warmup_target=config.learning_rate if warmup else None,
+        warmup_steps=warmup,
+    )
+
+
+def make_train_dataset(images: np.ndarray, labels: np.ndarray, config: Config, seed: int):
+    """Shuffled, batched, augmented (parallel map) and prefetched training stream of (pixels, one-hot)."""
+    import tensorflow as tf
+
+    from digits.models import augmenter
+
+    one_hot = np.eye(data.NUM_CLASSES, dtype=np.float32)[labels]
+    dataset = tf.data.Dataset.from_tensor_slices((images, one_hot))
+    dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True).batch(config.batch)
+    dataset = dataset.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
+    if config.augment and (config.rotation or config.zoom or config.shift):
+        augment = augmenter(config.rotation, config.zoom, config.shift, seed=seed)
+        dataset = dataset.map(
+            lambda x, y: (augment(x, training=True), y),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=config.deterministic,
+        )
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def make_eval_dataset(images: np.ndarray, labels: np.ndarray, batch: int = 512):
+    import tensorflow as tf
+
+    one_hot = np.eye(data.NUM_CLASSES, dtype=np.float32)[labels]
+    dataset = tf.data.Dataset.from_tensor_slices((images, one_hot)).batch(batch)
+    return dataset.map(lambda x, y: (tf.cast(x, tf.float32), y)).prefetch(tf.data.AUTOTUNE)
+
+
+def predict(model, images: np.ndarray, batch: int = 1024) -> np.ndarray:
+    import tensorflow as tf
+
+    dataset = tf.data.Dataset.from_tensor_slices(images).batch(batch).map(lambda x: tf.cast(x, tf.float32))
+    return model.predict(dataset.prefetch(tf.data.AUTOTUNE), verbose=0).astype(np.float32)
+
+
+def current_rss_mb() -> float:
+    """Resident memory of this process now (Linux), in MB."""
+    try:
+        with open("/proc/self/statm") as handle:
+            pages = int(handle.read().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 1e6
+    except (OSError, ValueError):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3
+
+
+def _format_seconds(seconds: float) -> str:
+    seconds = int(round(max(seconds, 0)))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"
+
+
+def _fold_monitor_class():
+    """Built lazily so that importing this module does not import Keras."""
+    import keras
+
+    class FoldMonitor(keras.callbacks.Callback):
+        """Progress line, history.csv, best-epoch weights and the resumable backup, all per epoch.
+
+        Order at each epoch end (each write atomic): best weights (if improved), history.csv,
+        backup weights, then state.json, which commits the epoch. A kill at any point resumes from
+        the last committed epoch with consistent history and best-epoch records.
+        """
+
+        def __init__(
+            self,
+            fold_dir: Path,
+            label: str,
+            epochs: int,
+            state: dict,
+            eta_after: Callable[[float], str],
+            log: Callable[[str], None],
+        ):
+            super().__init__()
+            self.fold_dir = fold_dir
+            self.backup_dir = fold_dir / "backup"
+            self.label = label
+            self.epochs = epochs
+            self.state = state
+            self.eta_after = eta_after
+            self.log = log
+            self.epoch_started = 0.0
+            self.peak_rss_mb = state.get("peak_rss_mb", 0.0)
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch_started = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = dict(logs or {})
+            seconds = time.perf_counter() - self.epoch_started
+            self.peak_rss_mb = max(self.peak_rss_mb, current_rss_mb())
+            row = {
+                "epoch": epoch + 1,
+                "seconds": round(seconds, 2),
+                "learning_rate": float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)),
+            }
+            row.update({key: float(value) for key, value in logs.items() if key != "learning_rate"})
+            history = [*self.state["history"], row]
+            improved = row.get("val_accuracy", -1.0) > self.state["best_val_accuracy"] or (
+                row.get("val_accuracy", -1.0) == self.state["best_val_accuracy"]
+                and row.get("val_loss", np.inf) < self.state["best_val_loss"]
+            )
+            best_epoch = self.state["best_epoch"]
+            best_file = self.state.get("best_file")
+            if improved:
+                best_epoch = epoch + 1
+                best_file = f"best-epoch{best_epoch:03d}.weights.h5"
+                with fileio.atomic_path(self.backup_dir / best_file) as tmp:
+                    self.model.save_weights(tmp)
+            _write_history(self.fold_dir / "history.csv", history)
+            with fileio.atomic_path(self.backup_dir / "latest.weights.h5") as tmp:
+                self.model.save_weights(tmp)
+            previous_best = self.state.get("best_file")
+            self.state.update(
+                epoch=epoch + 1,
+                history=history,
+                best_epoch=best_epoch,
+                best_file=best_file,
+                best_val_accuracy=row.get("val_accuracy", -1.0) if improved else self.state["best_val_accuracy"],
+                best_val_loss=row.get("val_loss", np.inf) if improved else self.state["best_val_loss"],
+                train_seconds=self.state["train_seconds"] + seconds,
+                peak_rss_mb=self.peak_rss_mb,
+            )
+            fileio.write_json(self.backup_dir / "state.json", _jsonable(self.state))
+            if previous_best and previous_best != best_file:
+                (self.backup_dir / previous_best).unlink(missing_ok=True)
+            done = epoch + 1
+            eta = self.eta_after(seconds * (self.epochs - done))
+            self.log(
+                f"{self.label}  epoch {done:>2}/{self.epochs}  loss {row.get('loss', float('nan')):.4f}  "
+                f"acc {row.get('accuracy', float('nan')):.4f}  val_loss {row.get('val_loss', float('nan')):.4f}  "
+                f"val_acc {row.get('val_accuracy', float('nan')):.4f}{' *' if improved else '  '}  "
+                f"{seconds:5.1f} s/epoch  ETA {eta}"
+            )
+
+    return FoldMonitor
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {key: _jsonable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(item) for item in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _write_history(path: Path, history: list[dict]) -> None:
+    import pandas as pd
+
+    with fileio.atomic_open(path, "w", newline="") as handle:
+        pd.DataFrame(history).to_csv(handle, index=False)
+
+
+def _initial_state() -> dict:
+    return {
+        "epoch": 0,
+        "history": [],
+        "best_epoch": 0,
+        "best_file": None,
+        "best_val_accuracy": -1.0,
+        "best_val_loss": float("inf"),
+        "train_seconds": 0.0,
+        "peak_rss_mb": 0.0,
+    }
+
+
+def _load_state(backup_dir: Path) -> dict:
+    path = backup_dir / "state.json"
+    if not path.exists():
+        return _initial_state()
+    state = json.loads(path.read_text())
+    state["best_val_loss"] = state["best_val_loss"] if state.get("best_val_loss") is not None else float("inf")
+    return state
+
+
+def train_fold(
+    config: Config,
+    fold: int,
+    fold_data: FoldData,
+    test_images: np.ndarray,
+    holdout_images: np.ndarray | None,
+    fold_dir: Path,
+    log: Callable[[str], None] = print,
+    eta_after: Callable[[float], str] | None = None,
+) -> dict:
+    """Train one fold's model (resuming if a backup exists) and write all of its artifacts.
+
+    Returns the fold's report (also written to `fold_dir/report.json`, last).
+    """
+    import keras
+
+    from digits import models, report
+
+    keras.utils.clear_session(free_memory=True)
+    keras.utils.set_random_seed(config.seed + fold)
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    backup_dir = fold_dir / "backup"
+    backup_dir.mkdir(exist_ok=True)
+    state = _load_state(backup_dir)
+    label = (
+        f"fold {fold + 1}/{config.folds}"
+        if config.only is None
+        else f"fold {fold} ({config.fold_ids().index(fold) + 1}/{len(config.fold_ids())})"
+    )
+    steps_per_epoch = int(np.ceil(len(fold_data.train_labels) / config.batch))
+
+    with distribution_strategy().scope():
+        model = models.build_model(config.model)
+        model.compile(
+            optimizer=keras.optimizers.Adam(learning_rate=cosine_schedule(config, steps_per_epoch)),
+            loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
+            metrics=["accuracy"],
+        )
+    if state["epoch"] > 0:
+        model.optimizer.build(model.trainable_variables)
+        model.load_weights(backup_dir / "latest.weights.h5")
+        log(
+            f"{label}: resuming after epoch {state['epoch']}/{config.epochs} (best so far: epoch "
+            f"{state['best_epoch']}, val_acc {state['best_val_accuracy']:.4f})"
+        )
+    else:
+        log(
+            f"{label}: training {model.name} ({model.count_params():,} parameters) on "
+            f"{len(fold_data.train_labels):,} images, validating on {len(fold_data.val_labels):,}"
+        )
+
+    train_ds = make_train_dataset(fold_data.train_images, fold_data.train_labels, config, seed=config.seed + fold)
+    val_ds = make_eval_dataset(fold_data.val_images, fold_data.val_labels)
+    monitor = _fold_monitor_class()(fold_dir, label, config.epochs, state, eta_after or _format_seconds, log)
+    fit_started = time.perf_counter()
+    if state["epoch"] < config.epochs:
+        model.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=config.epochs,
+            initial_epoch=state["epoch"],
+            callbacks=[monitor],
+            verbose=0,
+        )
+    # Restore the best epoch, save the fold's model, predict what the reports and the ensemble need.
+    model.load_weights(backup_dir / state["best_file"])
+    with fileio.atomic_path(fold_dir / "model.keras") as tmp:
+        model.save(tmp)
+    predict_started = time.perf_counter()
+    val_probs = predict(model, fold_data.val_images)
+    predict_seconds = time.perf_counter() - predict_started
+    test_probs = predict(model, test_images)
+    holdout_probs = predict(model, holdout_images) if holdout_images is not None and len(holdout_images) else None
+    monitor.peak_rss_mb = max(monitor.peak_rss_mb, current_rss_mb())
+
+    oof = np.zeros(len(val_probs), dtype=[("row_id", "<i8"), ("probs", "<f4", (data.NUM_CLASSES,))])
+    oof["row_id"], oof["probs"] = fold_data.val_row_ids, val_probs
+    with fileio.atomic_path(fold_dir / "oof.npy") as tmp:
+        np.save(tmp, oof)
+    with fileio.atomic_path(fold_dir / "test_probs.npy") as tmp:
+        np.save(tmp, test_probs)
+    if holdout_probs is not None:
+        with fileio.atomic_path(fold_dir / "holdout_probs.npy") as tmp:
+            np.save(tmp, holdout_probs)
+
+    history = state["history"]
+    fold_report = report.fold_report(
+        fold=fold,
+        labels=fold_data.val_labels,
+        probs=val_probs,
+        history=history,
+        best_epoch=state["best_epoch"],
+        train_images=len(fold_data.train_labels),
+        train_seconds=state["train_seconds"],
+        predict_images_per_second=len(val_probs) / max(predict_seconds, 1e-9),
+        peak_rss_mb=monitor.peak_rss_mb,
+        parameters=model.count_params(),
+    )
+    report.fold_pictures(
+        fold_dir, history, fold_report, fold_data.val_images, fold_data.val_labels, val_probs, fold_data.val_row_ids
+    )
+    fileio.write_json(fold_dir / "report.json", fold_report)  # last: marks the fold finished
+    _remove_backup(backup_dir)
+    log(
+        f"{label}: done  val_acc {fold_report['accuracy']:.4f}  val_loss {fold_report['loss']:.4f}  "
+        f"best epoch {state['best_epoch']}  {_format_seconds(time.perf_counter() - fit_started)} this session  "
+        f"{fold_report['train_images_per_second']:.0f} images/s  peak RSS {monitor.peak_rss_mb:.0f} MB"
+    )
+    del model
+    keras.utils.clear_session(free_memory=True)
+    return fold_report
+
+
+def _remove_backup(backup_dir: Path) -> None:
+    for path in backup_dir.glob("*"):
+        path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        backup_dir.rmdir()
+
+
+# --- a whole run -------------------------------------------------------------------------------------
+
+
+def fold_is_finished(run_dir: Path, fold: int) -> bool:
+    return (run_dir / f"fold_{fold}" / "report.json").is_file()
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path):
+    """Refuse a second process on the same run (an OS lock: released even if the holder is killed)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(run_dir / ".lock", "a+")  # noqa: SIM115 (held open across the yield, closed in finally)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise RunError(
+            f"{run_dir} is being trained by {holder}; wait for it to finish (or stop it), "
+            f"or train another run with RUN=<new name>."
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"process {os.getpid()} on {platform.node()}\n")
+    handle.flush()
+    try:
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+def _versions() -> dict:
+    import keras
+    import tensorflow as tf
+
+    return {
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "numpy": np.__version__,
+    }
+
+
+def _git_sha() -> str | None:
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=paths.ROOT, capture_output=True, text=True, timeout=5, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() or None
+
+
+def prepare_run(run_dir: Path, config: Config, data_dir: Path) -> None:
+    """Write config.json for a new run, or check that an existing run has the same config."""
+    config_path = run_dir / "config.json"
+    if config_path.exists():
+        saved = config_lib.from_dict(json.loads(config_path.read_text())["config"])
+        if saved.identity() != config.identity():
+            changed = {
+                key: (saved.identity()[key], value)
+                for key, value in config.identity().items()
+                if saved.identity()[key] != value
+            }
+            details = ", ".join(f"{key}: run has {old!r}, asked {new!r}" for key, (old, new) in changed.items())
+            raise RunError(
+                f"{run_dir} was started with a different config ({details}). Resume it with the same "
+                f"settings, or start a new run with RUN=<new name>."
+            )
+        return
+    fileio.write_json(
+        config_path,
+        {
+            "config": config.to_dict(),
+            "data_dir": str(data_dir),
+            "created": dt.datetime.now().isoformat(timespec="seconds"),
+            "versions": _versions(),
+            "git_sha": _git_sha(),
+            "cores": available_cores(),
+        },
+    )
+
+
+def load_fold_data(train: data.TrainData, fold_ids: np.ndarray, fold: int) -> FoldData:
+    val_mask = fold_ids == fold
+    train_mask = (fold_ids != fold) & (fold_ids != folds.HOLDOUT_FOLD)
+    return FoldData(
+        train.images[train_mask],
+        train.labels[train_mask],
+        train.images[val_mask],
+        train.labels[val_mask],
+        np.flatnonzero(val_mask),
+    )
+
+
+def train_run(
+    config: Config, run_dir: Path, data_dir: Path = paths.RAW_DIR, log: Callable[[str], None] = print
+) -> dict | None:
+    """Train every fold of `config.fold_ids()` not yet finished, then write the run report if complete."""
+    from digits import report
+
+    run_dir = Path(run_dir)
+    train = data.load_train(Path(data_dir) / "train.csv")  # bad data stops here, before a run folder exists
+    with run_lock(run_dir):
+        prepare_run(run_dir, config, data_dir)
+        todo = [fold for fold in config.fold_ids() if not fold_is_finished(run_dir, fold)]
+        folds_path = run_dir / "folds.csv"
+        if folds_path.exists():
+            fold_ids = folds.read_folds(folds_path, train.labels)
+        else:
+            fold_ids = folds.assign_folds(train.labels, config.folds, config.seed, config.holdout)
+            folds.write_folds(folds_path, train.labels, fold_ids)
+        if not todo:
+            log(f"{run_dir}: folds {','.join(map(str, config.fold_ids()))} are finished; nothing to train.")
+        else:
+            configure_tensorflow(config)
+            test_images = data.load_test(Path(data_dir) / "test.csv")
+            holdout_images = train.images[fold_ids == folds.HOLDOUT_FOLD]
+            skipped = [fold for fold in config.fold_ids() if fold not in todo]
+            if skipped:
+                log(f"{run_dir}: fold(s) {','.join(map(str, skipped))} already finished; skipping them.")
+            log(
+                f"run {run_dir.name}: {config.model} x {len(todo)} fold(s), {config.epochs} epochs, batch "
+                f"{config.batch}, {available_cores()} core(s); artifacts in {run_dir}"
+            )
+            run_started = time.perf_counter()
+            for position, fold in enumerate(todo):
+                fold_started = time.perf_counter()
+
+                def eta_after(fold_remaining: float, position=position, fold_started=fold_started) -> str:
+                    # run ETA: this fold's remainder + later folds at this fold's projected length
+                    elapsed = time.perf_counter() - fold_started
+                    later = (len(todo) - position - 1) * (elapsed + fold_remaining)
+                    return f"fold {_format_seconds(fold_remaining)}, run {_format_seconds(fold_remaining + later)}"
+
+                train_fold(
+                    config,
+                    fold,
+                    load_fold_data(train, fold_ids, fold),
+                    test_images,
+                    holdout_images,
+                    run_dir / f"fold_{fold}",
+                    log=log,
+                    eta_after=eta_after,
+                )
+            log(f"trained {len(todo)} fold(s) in {_format_seconds(time.perf_counter() - run_started)}")
+        finished = [fold for fold in range(config.folds) if fold_is_finished(run_dir, fold)]
+        if len(finished) < config.folds:
+            missing = sorted(set(range(config.folds)) - set(finished))
+            log(
+                f"{run_dir}: fold(s) {','.join(map(str, missing))} still to train (ONLY=...); "
+                f"the run report is written once every fold is finished."
+            )
+            return None
+        if (run_dir / "report.json").is_file():  # a finished run is never rewritten
+            run_report = json.loads((run_dir / "report.json").read_text())
+        else:
+            run_report = report.run_report(run_dir, train, fold_ids)
+        log(report.format_fold_table(run_report))
+        log(f"report: {run_dir / 'report.html'}")
+        return run_report
+
+
+# --- command line ------------------------------------------------------------------------------------
+
+
+def latest_run(runs_dir: Path = paths.RUNS_DIR) -> Path:
+    candidates = [path for path in runs_dir.glob("*") if (path / "config.json").is_file() and path.name != "bench"]
+    if not candidates:
+        raise RunError(f"no runs in {runs_dir}; train one with `make train`.")
+    return max(candidates, key=lambda path: (path / "config.json").stat().st_mtime)
+
+
+def resolve_run_dir(run: str | None, runs_dir: Path = paths.RUNS_DIR) -> Path:
+    if not run:
+        return latest_run(runs_dir)
+    path = Path(run)
+    run_dir = path if path.is_absolute() or path.parent != Path(".") else runs_dir / run
+    if not (run_dir / "config.json").is_file():
+        raise RunError(f"no run '{run}' in {runs_dir} (no config.json); `ls {runs_dir}` lists the runs.")
+    return run_dir
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    overrides = {key: getattr(args, key) for key in ("folds", "epochs", "batch", "model", "seed", "only", "holdout")}
+    overrides["deterministic"] = True if args.deterministic else None
+    for item in args.set or []:
+        key, _, value = item.partition("=")
+        if not _:
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set label_smoothing=0.1")
+        overrides[key.strip()] = value
+    run_dir = Path(args.runs_dir) / (args.run or dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
+    if (run_dir / "config.json").exists():
+        # An existing run: its saved config is the base, so `make train RUN=x` alone resumes it; any
+        # setting given explicitly must match it (prepare_run refuses a change).
+        saved = config_lib.from_dict(json.loads((run_dir / "config.json").read_text())["config"])
+        if args.preset and args.preset != saved.preset:
+            raise RunError(
+                f"{run_dir} was started with PRESET={saved.preset}, not {args.preset}. Resume it with the "
+                f"same settings, or start a new run with RUN=<new name>."
+            )
+        base = {key: value for key, value in saved.to_dict().items() if key not in ("preset", "only")}
+        config = config_lib.resolve(saved.preset, {**base, **{k: v for k, v in overrides.items() if v is not None}})
+    else:
+        config = config_lib.resolve(args.preset or "default", overrides)
+    train_run(config, run_dir, Path(args.data_dir))
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from digits import report
+
+    run_dir = resolve_run_dir(args.run, Path(args.runs_dir))
+    path = run_dir / "report.json"
+    if not path.is_file():
+        finished = sorted(p.name for p in run_dir.glob("fold_*") if (p / "report.json").is_file())
+        raise RunError(
+            f"{run_dir} has no run report yet (finished: {', '.join(finished) or 'no fold'}); "
+            f"finish its folds with `make train RUN={run_dir.name}`."
+        )
+    print(report.format_fold_table(json.loads(path.read_text())))
+    print(f"report: {run_dir / 'report.html'}")
+    return 0
+
+
+def register_commands(commands) -> None:
+    train = commands.add_parser("train", help="train the k-fold CNNs")
+    train.add_argument("--preset", choices=None, default=None, help=f"one of {', '.join(config_lib.PRESETS)}")
+    train.add_argument("--folds")
+    train.add_argument("--epochs")
+    train.add_argument("--batch")
+    train.add_argument("--model")
+    train.add_argument("--seed")
+    train.add_argument("--only", help="train only these folds, e.g. 0,2")
+    train.add_argument("--holdout", help="fraction of train.csv kept out of every fold, e.g. 0.1")
+    train.add_argument("--deterministic", action="store_true")
+    train.add_argument("--set", action="append", metavar="KEY=VALUE", help="any other config field")
+    train.add_argument("--run", default=None, help="run name (default: a timestamp)")
+    train.add_argument("--runs-dir", default=str(paths.RUNS_DIR))
+    train.add_argument("--data-dir", default=str(paths.RAW_DIR))
+    train.set_defaults(handler=_cmd_train)
+
+    report_cmd = commands.add_parser("report", help="print a run's fold table and the path of its report.html")
+    report_cmd.add_argument("--run", default=None)
+    report_cmd.add_argument("--runs-dir", default=str(paths.RUNS_DIR))
+    report_cmd.set_defaults(handler=_cmd_report)

@@ -1,0 +1,97 @@
+"""Fold assignment and configuration: pure functions, no training."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from digits import config as config_lib
+from digits import folds
+from digits.config import ConfigError
+
+
+@pytest.fixture(scope="module")
+def labels(sample_train):
+    return sample_train.labels
+
+
+@pytest.mark.parametrize("k", [2, 5, 10])
+def test_folds_are_disjoint_cover_every_row_and_are_stratified(labels, k):
+    fold_ids = folds.assign_folds(labels, k=k, seed=7)
+    assert fold_ids.shape == labels.shape
+    assert set(fold_ids.tolist()) == set(range(k))  # every row in exactly one fold, no holdout
+    for digit in range(10):
+        per_fold = np.bincount(fold_ids[labels == digit], minlength=k)
+        assert per_fold.max() - per_fold.min() <= 1, (digit, per_fold)
+
+
+def test_folds_are_seeded(labels):
+    assert np.array_equal(folds.assign_folds(labels, 5, seed=1), folds.assign_folds(labels, 5, seed=1))
+    assert not np.array_equal(folds.assign_folds(labels, 5, seed=1), folds.assign_folds(labels, 5, seed=2))
+
+
+def test_holdout_is_stratified_and_outside_every_fold(labels):
+    fold_ids = folds.assign_folds(labels, 5, seed=3, holdout=0.1)
+    holdout = fold_ids == folds.HOLDOUT_FOLD
+    assert abs(holdout.sum() - 0.1 * len(labels)) <= 1
+    expected = np.bincount(labels, minlength=10) * 0.1
+    assert np.all(np.abs(np.bincount(labels[holdout], minlength=10) - expected) <= 1.5)
+    assert set(fold_ids[~holdout].tolist()) == set(range(5))
+
+
+def test_folds_larger_than_smallest_class_is_refused():
+    labels = np.array([0] * 10 + [1] * 3)
+    with pytest.raises(ConfigError, match=r"FOLDS=4 is larger than the smallest class \(3 rows\)"):
+        folds.assign_folds(labels, k=4, seed=0)
+
+
+def test_folds_csv_round_trip_and_mismatch(tmp_path, labels):
+    fold_ids = folds.assign_folds(labels, 3, seed=0)
+    path = tmp_path / "folds.csv"
+    folds.write_folds(path, labels, fold_ids)
+    assert path.read_text().splitlines()[0] == "row_id,label,fold"
+    assert np.array_equal(folds.read_folds(path, labels), fold_ids)
+    with pytest.raises(ConfigError, match="different train.csv"):
+        folds.read_folds(path, labels[:-1])
+
+
+def test_presets_resolve_and_overrides_are_typed():
+    config = config_lib.resolve("quick", {"epochs": "7", "only": "0,2", "holdout": "0.1", "augment": "false"})
+    assert (config.preset, config.epochs, config.only, config.holdout, config.augment) == (
+        "quick",
+        7,
+        (0, 2),
+        0.1,
+        False,
+    )
+    assert config.fold_ids() == [0, 2]
+    assert config_lib.resolve("default").folds == 5
+    # ONLY does not change what a run is: folds of one run may be trained by different processes
+    assert config.identity() == config_lib.resolve("quick", {"epochs": 7, "holdout": 0.1, "augment": False}).identity()
+
+
+def test_config_round_trips_through_json():
+    config = config_lib.resolve("max", {"only": "1"})
+    assert config_lib.from_dict(config.to_dict()) == config
+
+
+@pytest.mark.parametrize(
+    ("preset", "overrides", "message"),
+    [
+        ("fast", {}, "unknown preset 'fast'; choose one of: quick, default, max"),
+        ("default", {"epoch": "3"}, "unknown setting 'epoch'"),
+        ("default", {"model": "resnet999"}, "unknown model 'resnet999'; choose one of"),
+        ("default", {"folds": "1"}, "FOLDS=1: k-fold training needs at least 2 folds"),
+        ("default", {"folds": "two"}, "folds='two' is not an integer"),
+        ("default", {"epochs": "0"}, "EPOCHS=0: train for at least 1 epoch"),
+        ("default", {"epochs": "2.5"}, "epochs='2.5' is not an integer"),
+        ("default", {"only": "0,5"}, r"ONLY=0,5: fold\(s\) \[5\] do not exist; with FOLDS=5 the folds are 0..4"),
+        ("default", {"only": "x"}, "only='x' is not integers separated by commas"),
+        ("default", {"holdout": "-0.1"}, r"HOLDOUT=-0.1: the holdout is a fraction of train.csv in \[0, 0.5\)"),
+        ("default", {"batch": "0"}, "BATCH=0"),
+        ("default", {"augment": "maybe"}, "augment='maybe' is not true or false"),
+    ],
+)
+def test_bad_config_is_refused_with_a_clear_message(preset, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        config_lib.resolve(preset, overrides)

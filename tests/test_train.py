@@ -1,0 +1,273 @@
+"""End-to-end training on the bundled sample: artifacts, reports, resume, refusals.
+
+These train real (tiny) models through the command line, so they are marked slow; they still run in
+`make test` and CI.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+pytestmark = pytest.mark.slow
+
+FOLD_FILES = {
+    "model.keras",
+    "history.csv",
+    "oof.npy",
+    "test_probs.npy",
+    "report.json",
+    "curves.png",
+    "confusion.png",
+    "errors.png",
+}
+RUN_FILES = {"config.json", "folds.csv", "oof.csv", "report.json", "report.html", "oof_confusion.png", "samples.png"}
+
+
+def train_cli(sample_dir: Path, runs_dir: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    command = [
+        sys.executable,
+        "-m",
+        "digits",
+        "train",
+        "--data-dir",
+        str(sample_dir),
+        "--runs-dir",
+        str(runs_dir),
+        "--preset",
+        "quick",
+        "--model",
+        "tiny",
+        *args,
+    ]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def finished_run(sample_dir, tmp_path_factory):
+    runs_dir = tmp_path_factory.mktemp("runs")
+    result = train_cli(sample_dir, runs_dir, "--folds", "2", "--epochs", "2", "--holdout", "0.1", "--run", "r1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return runs_dir / "r1", result
+
+
+def test_every_artifact_is_written(finished_run):
+    run_dir, _ = finished_run
+    assert RUN_FILES <= {p.name for p in run_dir.iterdir()}
+    for fold in (0, 1):
+        fold_dir = run_dir / f"fold_{fold}"
+        assert FOLD_FILES | {"holdout_probs.npy"} <= {p.name for p in fold_dir.iterdir()}
+        assert not (fold_dir / "backup").exists()  # the resume backup is removed once a fold is finished
+        for picture in ("curves.png", "confusion.png", "errors.png"):
+            assert (fold_dir / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(run_dir.rglob(".*.tmp*"))  # no temporary file left behind
+
+
+def test_artifact_contents_are_consistent(finished_run, sample_train, sample_test):
+    run_dir, _ = finished_run
+    folds_csv = pd.read_csv(run_dir / "folds.csv")
+    assert list(folds_csv.columns) == ["row_id", "label", "fold"]
+    assert np.array_equal(folds_csv["label"], sample_train.labels)
+    trained_rows = folds_csv[folds_csv["fold"] >= 0]
+
+    oof = pd.read_csv(run_dir / "oof.csv")
+    assert list(oof.columns) == ["row_id", "fold", "label", "prediction", *[f"prob_{c}" for c in range(10)]]
+    assert len(oof) == len(trained_rows)  # every non-holdout train row exactly once
+    assert np.array_equal(oof["row_id"], trained_rows["row_id"])
+    assert np.array_equal(oof["fold"], trained_rows["fold"])
+    assert np.array_equal(oof["label"], sample_train.labels[oof["row_id"]])
+    probs = oof[[f"prob_{c}" for c in range(10)]].to_numpy()
+    assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-4)
+    assert np.array_equal(oof["prediction"], probs.argmax(axis=1))
+
+    report = json.loads((run_dir / "report.json").read_text())
+    recomputed = float((oof["prediction"] == oof["label"]).mean())
+    assert report["oof_accuracy"] == pytest.approx(recomputed, abs=1e-12)
+    assert report["oof_rows"] == len(oof)
+    assert np.array(report["oof_confusion_matrix"]).sum() == len(oof)
+    assert [row["fold"] for row in report["folds"]] == [0, 1]
+    assert report["class_balance"]["all"] == np.bincount(sample_train.labels, minlength=10).tolist()
+    assert report["holdout"]["rows"] == int((folds_csv["fold"] == -1).sum())
+
+    for fold in (0, 1):
+        fold_dir = run_dir / f"fold_{fold}"
+        fold_oof = np.load(fold_dir / "oof.npy")
+        assert np.array_equal(np.sort(fold_oof["row_id"]), trained_rows.loc[trained_rows["fold"] == fold, "row_id"])
+        fold_report = json.loads((fold_dir / "report.json").read_text())
+        fold_labels = sample_train.labels[fold_oof["row_id"]]
+        assert fold_report["accuracy"] == pytest.approx(float((fold_oof["probs"].argmax(1) == fold_labels).mean()))
+        assert set(fold_report["per_class"]) == {str(c) for c in range(10)}
+        assert 1 <= fold_report["best_epoch"] <= 2 and fold_report["epochs"] == 2
+        assert fold_report["train_images_per_second"] > 0 and fold_report["peak_rss_mb"] > 0
+        test_probs = np.load(fold_dir / "test_probs.npy")
+        assert test_probs.shape == (len(sample_test), 10)
+        assert np.allclose(test_probs.sum(axis=1), 1.0, atol=1e-4)
+        history = pd.read_csv(fold_dir / "history.csv")
+        assert history["epoch"].tolist() == [1, 2]
+        assert {"loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds"} <= set(history.columns)
+
+
+def test_saved_model_takes_raw_pixels_and_reproduces_the_oof_probabilities(finished_run, sample_train):
+    import keras
+
+    run_dir, _ = finished_run
+    fold_oof = np.load(run_dir / "fold_0" / "oof.npy")
+    model = keras.saving.load_model(run_dir / "fold_0" / "model.keras", safe_mode=True)
+    rows = fold_oof["row_id"][:64]
+    probs = model.predict(sample_train.images[rows].astype("float32"), verbose=0)
+    assert np.allclose(probs, fold_oof["probs"][:64], atol=1e-5)
+
+
+def test_html_report_is_self_contained_and_shows_every_fold(finished_run):
+    run_dir, _ = finished_run
+    page = (run_dir / "report.html").read_text()
+    for fold in (0, 1):
+        assert f"fold {fold} · val acc" in page
+        assert f"fold {fold} misclassified digits" in page
+    assert page.count("data:image/png;base64,") >= 2 * 3 + 2  # three pictures per fold, plus run pictures
+    assert "src='http" not in page and 'src="http' not in page  # nothing fetched from elsewhere
+    assert "Holdout" in page
+
+
+def test_report_command_prints_the_fold_table(finished_run):
+    run_dir, _ = finished_run
+    result = subprocess.run(
+        [sys.executable, "-m", "digits", "report", "--runs-dir", str(run_dir.parent)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads((run_dir / "report.json").read_text())
+    assert "fold   val acc  val loss" in result.stdout
+    assert f"OOF accuracy {report['oof_accuracy']:.4f}" in result.stdout
+    assert str(run_dir / "report.html") in result.stdout
+
+
+def test_rerunning_a_finished_run_changes_nothing(finished_run, sample_dir):
+    run_dir, _ = finished_run
+    before = {p: digest(p) for p in run_dir.rglob("*") if p.is_file() and p.name != ".lock"}
+    result = train_cli(sample_dir, run_dir.parent, "--run", run_dir.name)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "nothing to train" in result.stdout
+    assert before == {p: digest(p) for p in run_dir.rglob("*") if p.is_file() and p.name != ".lock"}
+
+
+def test_resuming_with_a_changed_config_is_refused(finished_run, sample_dir):
+    run_dir, _ = finished_run
+    result = train_cli(sample_dir, run_dir.parent, "--run", run_dir.name, "--epochs", "3")
+    assert result.returncode == 2
+    assert "was started with a different config (epochs: run has 2, asked 3)" in result.stderr
+    assert "RUN=<new name>" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_second_process_on_the_same_run_is_refused(finished_run, sample_dir):
+    run_dir, _ = finished_run
+    with open(run_dir / ".lock", "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running `make train` holds it
+        result = train_cli(sample_dir, run_dir.parent, "--run", run_dir.name)
+    assert result.returncode == 2
+    assert f"{run_dir} is being trained by" in result.stderr and "RUN=<new name>" in result.stderr
+
+
+def test_killed_run_resumes_skips_finished_folds_and_completes(sample_dir, tmp_path):
+    """SIGKILL in the middle of fold 1; the rerun skips fold 0 and resumes fold 1 where it stopped."""
+    runs_dir = tmp_path / "runs"
+    epochs = 8
+    command = [
+        sys.executable,
+        "-m",
+        "digits",
+        "train",
+        "--data-dir",
+        str(sample_dir),
+        "--runs-dir",
+        str(runs_dir),
+        "--preset",
+        "quick",
+        "--model",
+        "tiny",
+        "--folds",
+        "2",
+        "--epochs",
+        str(epochs),
+        "--run",
+        "r",
+    ]
+    run_dir = runs_dir / "r"
+    state_path = run_dir / "fold_1" / "backup" / "state.json"
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 240
+    killed_after = None
+    while time.monotonic() < deadline and process.poll() is None:
+        if state_path.exists():
+            try:
+                killed_after = json.loads(state_path.read_text())["epoch"]
+            except (json.JSONDecodeError, OSError):
+                killed_after = None  # caught between writes: look again
+            if killed_after and killed_after >= 2:
+                os.kill(process.pid, signal.SIGKILL)
+                break
+        time.sleep(0.02)
+    process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL, "the run ended before it could be interrupted"
+    assert killed_after is not None and 2 <= killed_after < epochs
+    fold_0 = {p.name: digest(p) for p in (run_dir / "fold_0").iterdir()}
+    assert FOLD_FILES <= set(fold_0)
+    assert not (run_dir / "fold_1" / "report.json").exists()
+
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "fold(s) 0 already finished; skipping them" in result.stdout
+    resumed_at = int(result.stdout.split("resuming after epoch ")[1].split("/")[0])
+    assert killed_after <= resumed_at < epochs
+    assert {p.name: digest(p) for p in (run_dir / "fold_0").iterdir()} == fold_0  # finished fold untouched
+    history = pd.read_csv(run_dir / "fold_1" / "history.csv")
+    assert history["epoch"].tolist() == list(range(1, epochs + 1))  # no epoch lost or repeated
+    assert FOLD_FILES <= {p.name for p in (run_dir / "fold_1").iterdir()}
+    assert RUN_FILES <= {p.name for p in run_dir.iterdir()}
+    report = json.loads((run_dir / "report.json").read_text())
+    oof = pd.read_csv(run_dir / "oof.csv")
+    assert len(oof) == 3000 and report["oof_accuracy"] == pytest.approx(float((oof.prediction == oof.label).mean()))
+
+
+def test_only_trains_the_named_folds_and_merges_later(sample_dir, tmp_path):
+    runs_dir = tmp_path / "runs"
+    first = train_cli(sample_dir, runs_dir, "--folds", "2", "--epochs", "1", "--run", "split", "--only", "1")
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert (runs_dir / "split" / "fold_1" / "report.json").exists()
+    assert not (runs_dir / "split" / "fold_0").exists()
+    assert "the run report is written once every fold is finished" in first.stdout
+    second = train_cli(sample_dir, runs_dir, "--run", "split", "--only", "0")
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert json.loads((runs_dir / "split" / "report.json").read_text())["oof_rows"] == 3000
+
+
+def test_bad_data_stops_before_training_with_a_clear_error(tmp_path, sample_dir):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    lines = (sample_dir / "train.csv").read_text().splitlines()
+    lines[5] = lines[5].replace(",0,", ",300,", 1)
+    (bad / "train.csv").write_text("\n".join(lines) + "\n")
+    (bad / "test.csv").write_bytes((sample_dir / "test.csv").read_bytes())
+    result = train_cli(bad, tmp_path / "runs", "--run", "x")
+    assert result.returncode == 2
+    assert f"{bad / 'train.csv'}: line 6, column 'pixel" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "runs" / "x").exists()  # nothing is created for a run that cannot start
