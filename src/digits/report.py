@@ -102,6 +102,8 @@ def plot_curves(history: list[dict], best_epoch: int, path: Path, title: str) ->
             axis.axvline(best_epoch, color="grey", linestyle=":", label=f"best epoch {best_epoch}")
         axis.set_xlabel("epoch")
         axis.set_title(metric)
+        if metric == "loss":
+            axis.set_yscale("log")  # the first epoch's loss would otherwise flatten the rest
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7)
     if "val_accuracy" in frame and len(frame) > 1:

@@ -23,6 +23,7 @@ import platform
 import random
 import subprocess
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,8 @@ from digits.config import Config, ConfigError
 
 # Quiet TensorFlow's C++ start-up chatter (CUDA probing on CPU machines) unless the user asks for it.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Keras warns that fit(shuffle=True) is ignored for a tf.data input; ours is shuffled in the pipeline.
+warnings.filterwarnings("ignore", message=r"`shuffle=True` was passed", category=UserWarning)
 
 CLASS_NAMES = [str(digit) for digit in range(data.NUM_CLASSES)]
 

@@ -1,0 +1,112 @@
+"""The Makefile is the public interface: its targets, variables and errors, run as a user would."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make(*args: str, root: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    if root is not None:
+        env["DIGITS_ROOT"] = str(root)  # data/, runs/ and submissions/ under a temporary folder
+    return subprocess.run(
+        ["make", "--no-print-directory", "-C", str(REPO), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def documented_targets() -> list[str]:
+    makefile = (REPO / "Makefile").read_text()
+    return re.findall(r"^([a-zA-Z_.-]+):.*## ", makefile, flags=re.MULTILINE)
+
+
+def test_help_is_the_default_goal_and_lists_every_target():
+    result = make()
+    assert result.returncode == 0, result.stderr
+    targets = documented_targets()
+    assert {"help", "download", "train", "report", "test", "lint", "submission", "submit", "demo"} <= set(targets)
+    for target in targets:
+        assert re.search(rf"^\s+(\x1b\[1m)?{re.escape(target)}\b.*\S", result.stdout, flags=re.MULTILINE), target
+
+
+def test_venv_is_rebuilt_when_requirements_change():
+    # Make's own dry run: with requirements.txt newer than the stamp, .venv would be rebuilt.
+    result = make("-n", "-W", "requirements.txt", ".venv")
+    assert "pip install" in result.stdout and "-r requirements.txt" in result.stdout
+    assert "pip install" not in make("-n", ".venv").stdout  # and not otherwise
+
+
+def test_download_from_a_local_zip_is_idempotent(tmp_path):
+    first = make("download", "SOURCE=data/sample/digit-recognizer.zip", root=tmp_path)
+    assert first.returncode == 0, first.stderr
+    raw = tmp_path / "data" / "raw"
+    assert sorted(p.name for p in raw.iterdir()) == ["sample_submission.csv", "test.csv", "train.csv"]
+    assert "train.csv 3,000 rows" in first.stdout
+    before = {p.name: p.stat().st_mtime_ns for p in raw.iterdir()}
+    second = make("download", "SOURCE=data/sample/digit-recognizer.zip", root=tmp_path)
+    assert second.returncode == 0
+    assert "nothing to do (FORCE=1 fetches again)" in second.stdout
+    assert {p.name: p.stat().st_mtime_ns for p in raw.iterdir()} == before
+    forced = make("download", "SOURCE=data/sample/digit-recognizer.zip", "FORCE=1", root=tmp_path)
+    assert forced.returncode == 0 and "extracted and verified" in forced.stdout
+
+
+def test_download_without_credentials_says_how_to_provide_them(tmp_path):
+    env_root = tmp_path / "root"
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KAGGLE_")}
+    env.update(HOME=str(home), DIGITS_ROOT=str(env_root), KAGGLE_CONFIG_DIR=str(home / ".kaggle"))
+    result = subprocess.run(
+        ["make", "--no-print-directory", "-C", str(REPO), "download"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode != 0
+    for way in ("KAGGLE_API_TOKEN", "KAGGLE_USERNAME", "KAGGLE_KEY", "kaggle.json", "SOURCE="):
+        assert way in result.stderr
+    assert not (env_root / "data" / "raw" / "train.csv").exists()
+
+
+def test_bad_training_variable_is_refused_before_anything_runs(tmp_path):
+    result = make("train", "FOLDS=1", root=tmp_path)
+    assert result.returncode != 0
+    assert "FOLDS=1: k-fold training needs at least 2 folds" in result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_download_train_report_submission_through_make(tmp_path):
+    assert make("download", "SOURCE=data/sample/digit-recognizer.zip", root=tmp_path).returncode == 0
+    trained = make("train", "PRESET=quick", "MODEL=tiny", "FOLDS=2", "EPOCHS=1", "SEED=3", "RUN=viamake", root=tmp_path)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    config = json.loads((tmp_path / "runs" / "viamake" / "config.json").read_text())["config"]
+    assert (config["preset"], config["model"], config["folds"], config["epochs"], config["seed"]) == (
+        "quick",
+        "tiny",
+        2,
+        1,
+        3,
+    )
+    report = make("report", root=tmp_path)  # RUN defaults to the latest run
+    assert report.returncode == 0, report.stderr
+    assert "run viamake" in report.stdout and "OOF accuracy" in report.stdout
+    submission = make("submission", "RUN=viamake", root=tmp_path)
+    assert submission.returncode == 0, submission.stderr[-2000:]
+    files = list((tmp_path / "submissions").glob("viamake-cv*.csv"))
+    assert len(files) == 1 and files[0].read_text().startswith("ImageId,Label\n1,")
