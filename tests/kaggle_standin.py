@@ -13,6 +13,8 @@ absolute URL. What is answered, as read from the installed kagglesdk:
   redirect with the session's Authorization header (same host) and, when it resumes, repeats it.
 - Submissions: `StartSubmissionUpload` -> {"token", "createUrl"}, a PUT of the file to createUrl, then
   `CreateSubmission` ({"blobFileTokens": token}); `ListSubmissions`, `GetSubmission`, `GetSubmissionLimits`.
+  A new submission is scored at once (`submission_score`), or after `pending_lists` listings, or fails
+  (`submission_status = "ERROR"`, `submission_error`).
 
 Every API call checks the Authorization header: `Basic` for a username/key pair in `api_keys`, `Bearer` for a
 token in `tokens`. Errors are JSON `{"code": N, "message": ...}` with HTTP status N, as Kaggle sends them and as
@@ -83,6 +85,8 @@ class Submission:
     status: str = "COMPLETE"
     public_score: str = "0.99000"
     private_score: str = ""
+    error_description: str = ""
+    pending_lists: int = 0  # ListSubmissions shows it PENDING (no score) this many more times
 
 
 @dataclass
@@ -99,6 +103,11 @@ class KaggleStandIn:
     failures: dict[str, tuple[int, str]] = field(default_factory=dict)
     drop: Drop | None = None
     submission_score: str = "0.99000"
+    # What a new submission becomes once scored ("COMPLETE" or "ERROR", with `submission_error` as the reason),
+    # and how many ListSubmissions calls show it PENDING (no score) before that.
+    submission_status: str = "COMPLETE"
+    submission_error: str = ""
+    pending_lists: int = 0
     submissions_allowed_per_day: int = 5
 
     def __post_init__(self) -> None:
@@ -368,6 +377,9 @@ class _Handler(BaseHTTPRequestHandler):
                 description=payload.get("submissionDescription", ""),
                 date=datetime.now(UTC).replace(tzinfo=None),
                 public_score=self.standin.submission_score,
+                status=self.standin.submission_status,
+                error_description=self.standin.submission_error,
+                pending_lists=self.standin.pending_lists,
             )
             self.standin.submissions.append(submission)
         self._json(record, {"message": "Successfully submitted to Digit Recognizer", "ref": submission.ref})
@@ -375,8 +387,12 @@ class _Handler(BaseHTTPRequestHandler):
     def _api_ListSubmissions(self, record: RecordedRequest, payload: dict, user: str) -> None:
         if not self._competition_ok(record, payload):
             return
-        newest_first = sorted(self.standin.submissions, key=lambda s: s.ref, reverse=True)
-        self._json(record, {"submissions": [_submission_json(s, user) for s in newest_first], "nextPageToken": ""})
+        with self.standin._lock:
+            newest_first = sorted(self.standin.submissions, key=lambda s: s.ref, reverse=True)
+            listed = [_submission_json(s, user) for s in newest_first]
+            for submission in newest_first:
+                submission.pending_lists = max(submission.pending_lists - 1, 0)
+        self._json(record, {"submissions": listed, "nextPageToken": ""})
 
     def _api_GetSubmission(self, record: RecordedRequest, payload: dict, user: str) -> None:
         ref = int(payload.get("ref", 0))
@@ -477,15 +493,17 @@ def _parse_range(header: str, total: int) -> tuple[int, int] | None:
 
 
 def _submission_json(submission: Submission, user: str) -> dict:
+    pending = submission.pending_lists > 0
     return {
         "ref": submission.ref,
         "totalBytes": len(submission.content),
         "date": submission.date.isoformat(timespec="milliseconds") + "Z",
         "description": submission.description,
+        "errorDescription": "" if pending else submission.error_description,
         "fileName": submission.file_name,
-        "publicScore": submission.public_score,
-        "privateScore": submission.private_score,
-        "status": submission.status,
+        "publicScore": "" if pending else submission.public_score,
+        "privateScore": "" if pending else submission.private_score,
+        "status": "PENDING" if pending else submission.status,
         "submittedBy": user,
         "teamName": user,
         "url": f"/submissions/{submission.ref}/{submission.file_name}",

@@ -271,3 +271,14 @@ def test_bad_data_stops_before_training_with_a_clear_error(tmp_path, sample_dir)
     assert f"{bad / 'train.csv'}: line 6, column 'pixel" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "runs" / "x").exists()  # nothing is created for a run that cannot start
+
+
+def test_deterministic_runs_with_the_same_seed_are_identical(sample_dir, tmp_path):
+    runs = tmp_path / "runs"
+    for name in ("a", "b"):
+        result = train_cli(sample_dir, runs, "--folds", "2", "--epochs", "1", "--deterministic", "--run", name)
+        assert result.returncode == 0, result.stderr[-2000:]
+    for fold in (0, 1):
+        first, second = (np.load(runs / name / f"fold_{fold}" / "oof.npy") for name in ("a", "b"))
+        assert np.array_equal(first["probs"], second["probs"])
+    assert json.loads((runs / "a" / "config.json").read_text())["config"]["deterministic"] is True

@@ -7,6 +7,7 @@ without a traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from pathlib import Path
 
@@ -89,6 +90,17 @@ def main(argv: list[str] | None = None) -> int:
         return args.handler(args)
     except user_errors() as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise
+        where = f" while writing {error.filename}" if error.filename else ""
+        print(
+            f"error: the disk is full{where} ({error.strerror}). Nothing was left half-written: files are "
+            f"written to a temporary name and renamed when complete. Free some space and rerun the same "
+            f"command; finished folds and submissions are kept.",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted; rerun the same command to resume.", file=sys.stderr)

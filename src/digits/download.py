@@ -224,9 +224,10 @@ def _fetch_with_kaggle(
     while True:
         attempt += 1
         try:
-            # The client streams to staging/<competition>.zip with a progress bar, resuming with Range
-            # requests after a dropped connection; `force` keeps it from trusting an old partial.
-            api.competition_download_files(competition, path=str(staging), force=True, quiet=False)
+            # The client streams to staging/<competition>.zip with a progress bar. Without `force` it
+            # resumes a partial file (from an earlier attempt or run) with Range requests, after checking
+            # through its own marker file that the partial belongs to the same remote object.
+            api.competition_download_files(competition, path=str(staging), force=force and attempt == 1, quiet=False)
             break
         except requests.exceptions.HTTPError as error:
             status = getattr(getattr(error, "response", None), "status_code", None)
@@ -238,7 +239,8 @@ def _fetch_with_kaggle(
         if attempt > retries:
             raise DownloadError(
                 f"download of '{competition}' failed after {attempt} attempts: "
-                f"{explain_http_error(last_error, competition, 'download the data')}"
+                f"{explain_http_error(last_error, competition, 'download the data')} "
+                f"What arrived is kept in {staging}; the next `make download` resumes from it."
             ) from None
         delay = backoff * 2 ** (attempt - 1)
         log(

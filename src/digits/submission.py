@@ -46,7 +46,12 @@ def blend(probs_list: Sequence[np.ndarray], weights: Sequence[float] | None = No
         raise SubmissionError(f"cannot blend predictions of different shapes {sorted(shapes)}")
     stacked = np.stack([np.asarray(p, dtype=np.float64) for p in probs_list])
     weights = np.full(len(probs_list), 1.0 / len(probs_list)) if weights is None else np.asarray(weights, float)
-    if weights.shape != (len(probs_list),) or np.any(weights < 0) or weights.sum() <= 0:
+    if (
+        weights.shape != (len(probs_list),)
+        or not np.all(np.isfinite(weights))
+        or np.any(weights < 0)
+        or weights.sum() <= 0
+    ):
         raise SubmissionError(f"weights {weights.tolist()} must be one non-negative number per model, not all zero")
     blended = np.tensordot(weights / weights.sum(), stacked, axes=1)
     return (blended / blended.sum(axis=1, keepdims=True)).astype(np.float32)
@@ -121,9 +126,9 @@ def validate_submission_text(text: str, expected_rows: int, name: str = "submiss
         if len(row) != 2:
             raise SubmissionError(f"{where}: expected 2 values (ImageId,Label), found {len(row)}.")
         image_text, label_text = (cell.strip() for cell in row)
-        if not image_text.isdigit():
+        if not (image_text.isascii() and image_text.isdigit()):
             raise SubmissionError(f"{where}, column 'ImageId': {image_text!r} is not a positive integer.")
-        if not label_text.isdigit():
+        if not (label_text.isascii() and label_text.isdigit()):
             raise SubmissionError(f"{where}, column 'Label': {label_text!r} is not an integer 0..9.")
         image_id, label = int(image_text), int(label_text)
         if not 1 <= image_id <= expected_rows:
@@ -308,7 +313,8 @@ def make_ensemble(
     for run, weight in zip(runs, weights, strict=True):
         log(f"  {run.run_dir.name}: OOF accuracy {run.oof_accuracy:.5f}, weight {weight:.3f}")
     name = "+".join(run.run_dir.name for run in runs)
-    path = Path(submissions_dir) / f"ensemble-{name}-cv{oof_accuracy:.5f}.csv"
+    suffix = "-oof" if weighting == "oof" else ""  # an OOF-weighted blend is another file than the equal one
+    path = Path(submissions_dir) / f"ensemble-{name}-cv{oof_accuracy:.5f}{suffix}.csv"
     if path.exists():
         log(f"{path} already exists; not overwritten.")
     else:
@@ -356,7 +362,11 @@ def upload(
     path = Path(path)
     if not path.is_file():
         raise SubmissionError(f"{path}: no such submission file; build one with `make submission`.")
-    validate_submission_text(path.read_text(encoding="utf-8"), expected_rows(data_dir), name=str(path))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise SubmissionError(f"{path}: not a UTF-8 text CSV; expected the header ImageId,Label.") from None
+    validate_submission_text(text, expected_rows(data_dir), name=str(path))
     warn_if_config_readable(log)
     try:
         api = kaggle_api()
