@@ -18,7 +18,7 @@ train_args = $(call opt,PRESET,preset) $(call opt,FOLDS,folds) $(call opt,EPOCHS
 	$(call opt,HOLDOUT,holdout) $(if $(filter 1 yes true,$(DETERMINISTIC)),--deterministic)
 
 .PHONY: help .venv download sample test test-fast lint format train report submission ensemble submit submissions \
-	demo clean
+	bench demo clean
 
 help: ## List the targets (this text)
 	@echo "Digit Recognizer pipeline. Usage: make <target> [VARIABLE=value ...]"
@@ -63,6 +63,9 @@ submit: .venv ## Upload a submission to Kaggle and print its score (FILE, defaul
 
 submissions: .venv ## List your past submissions to the competition, with their scores
 	$(DIGITS) submissions --competition '$(COMPETITION)'
+
+bench: .venv ## Benchmark training/prediction speed vs plain model.fit on the full data (~5 min) -> runs/bench/
+	$(BIN)/python -m digits.bench
 
 demo: .venv ## The whole pipeline offline on the bundled sample in a few minutes: data, training, submission, report
 	$(DIGITS) demo

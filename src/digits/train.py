@@ -306,6 +306,8 @@ def train_fold(
     fold_dir.mkdir(parents=True, exist_ok=True)
     backup_dir = fold_dir / "backup"
     backup_dir.mkdir(exist_ok=True)
+    for stale in [*fold_dir.glob(".*.tmp*"), *backup_dir.glob(".*.tmp*")]:
+        stale.unlink(missing_ok=True)  # temporaries of a write that a kill interrupted
     state = _load_state(backup_dir)
     label = (
         f"fold {fold + 1}/{config.folds}"

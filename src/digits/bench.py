@@ -1,0 +1,193 @@
+"""Benchmark: training and prediction speed of our pipeline against the plain Keras way, in one run.
+
+In:  `data/raw/train.csv` and `test.csv` (the full competition data; `make download` first).
+Out: `runs/bench/<date>.json` and a table on the terminal with, for the default model:
+  - training images/s in steady state, our pipeline (tf.data, batch from the config, parallel
+    augmentation, prefetch) and the plain baseline (`model.fit` on in-memory float32 arrays with
+    the augmentation layers inside the model, batch 64), and their ratio;
+  - seconds per epoch of a 5-fold split (33,600 training images) for both;
+  - validation accuracy of both after the same short training (no loss of accuracy), and the time
+    ours takes to reach `--target` validation accuracy;
+  - prediction images/s and the time a 5-fold ensemble takes to predict all of test.csv;
+  - peak resident memory.
+Speeds on a shared machine vary from run to run: compare the ratio measured within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import platform
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+
+from digits import config as config_lib
+from digits import data, fileio, paths
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+class _EpochTimer:
+    """Wall time and validation accuracy after every epoch (a Keras callback, built lazily)."""
+
+    def __new__(cls, started: float):
+        import keras
+
+        class Timer(keras.callbacks.Callback):
+            def __init__(self):
+                super().__init__()
+                self.records: list[tuple[float, float]] = []
+
+            def on_epoch_end(self, epoch, logs=None):
+                self.records.append((time.perf_counter() - started, float((logs or {}).get("val_accuracy", 0.0))))
+
+        return Timer()
+
+
+def _plain_model(cfg: config_lib.Config):
+    """The baseline: augmentation layers inside the model, as most public kernels do."""
+    import keras
+
+    from digits.models import augmenter, build_model
+
+    inner = build_model(cfg.model)
+    inputs = keras.Input(inner.input_shape[1:])
+    x = augmenter(cfg.rotation, cfg.zoom, cfg.shift, seed=cfg.seed)(inputs)
+    return keras.Model(inputs, inner(x))
+
+
+def _compile(model, cfg: config_lib.Config, steps_per_epoch: int, epochs: int):
+    import keras
+
+    from digits.train import cosine_schedule
+
+    schedule_cfg = config_lib.resolve(cfg.preset, {"epochs": epochs})
+    model.compile(optimizer=keras.optimizers.Adam(cosine_schedule(schedule_cfg, steps_per_epoch)),
+                  loss=keras.losses.CategoricalCrossentropy(), metrics=["accuracy"])
+    return model
+
+
+def _throughput(fit_once, images: int) -> float:
+    started = time.perf_counter()
+    fit_once()
+    return images / (time.perf_counter() - started)
+
+
+def run_benchmark(data_dir: Path, out_dir: Path, train_images: int = 33_600, epochs: int = 3, target: float = 0.99,
+                  log=print) -> dict:
+    import keras
+    import tensorflow as tf
+
+    from digits import models
+    from digits.train import configure_tensorflow, make_eval_dataset, make_train_dataset, predict
+
+    cfg = config_lib.resolve("default")
+    configure_tensorflow(cfg)
+    train = data.load_train(Path(data_dir) / "train.csv")
+    test = data.load_test(Path(data_dir) / "test.csv")
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(train.labels))
+    train_rows, val_rows = order[:train_images], order[train_images : train_images + 8_400]
+    x_train, y_train = train.images[train_rows], train.labels[train_rows]
+    x_val, y_val = train.images[val_rows], train.labels[val_rows]
+    one_hot = np.eye(10, dtype=np.float32)
+    results: dict = {"date": dt.datetime.now().isoformat(timespec="seconds"), "host": platform.node(),
+                     "machine": platform.machine(), "tensorflow": tf.__version__, "keras": keras.__version__,
+                     "train_images": int(len(x_train)), "epochs": epochs, "batch": cfg.batch}
+
+    # 1. Steady-state throughput, one epoch each after a short warm-up, interleaved in one process.
+    log(f"throughput: our pipeline (batch {cfg.batch}) vs plain model.fit (batch 64), {len(x_train):,} images each")
+    ours_model = _compile(models.build_model(cfg.model), cfg, int(np.ceil(len(x_train) / cfg.batch)), 1)
+    ours_ds = make_train_dataset(x_train, y_train, cfg, seed=0)
+    ours_model.fit(ours_ds.take(10), verbose=0)
+    ours_ips = _throughput(lambda: ours_model.fit(ours_ds, verbose=0), len(x_train))
+    keras.utils.clear_session(free_memory=True)
+    x_plain, y_plain = x_train.astype(np.float32), one_hot[y_train]
+    plain_model = _compile(_plain_model(cfg), cfg, int(np.ceil(len(x_train) / 64)), 1)
+    plain_model.fit(x_plain[:640], y_plain[:640], batch_size=64, verbose=0)
+    plain_ips = _throughput(lambda: plain_model.fit(x_plain, y_plain, batch_size=64, verbose=0), len(x_train))
+    keras.utils.clear_session(free_memory=True)
+    results["throughput"] = {"ours_images_per_second": round(ours_ips, 1), "plain_images_per_second": round(plain_ips, 1),
+                             "ratio": round(ours_ips / plain_ips, 3),
+                             "ours_seconds_per_epoch": round(len(x_train) / ours_ips, 1),
+                             "plain_seconds_per_epoch": round(len(x_train) / plain_ips, 1)}
+
+    # 2. Accuracy after the same short training, and time to the target accuracy.
+    log(f"accuracy: {epochs} epochs each (cosine schedule over {epochs} epochs)")
+    accuracy: dict = {}
+    for name in ("ours", "plain"):
+        keras.utils.set_random_seed(cfg.seed)
+        started = time.perf_counter()
+        timer = _EpochTimer(started)
+        if name == "ours":
+            model = _compile(models.build_model(cfg.model), cfg, int(np.ceil(len(x_train) / cfg.batch)), epochs)
+            model.fit(make_train_dataset(x_train, y_train, cfg, seed=1), epochs=epochs, verbose=0, callbacks=[timer],
+                      validation_data=make_eval_dataset(x_val, y_val))
+        else:
+            model = _compile(_plain_model(cfg), cfg, int(np.ceil(len(x_train) / 64)), epochs)
+            model.fit(x_plain, y_plain, batch_size=64, epochs=epochs, verbose=0, callbacks=[timer],
+                      validation_data=(x_val.astype(np.float32), one_hot[y_val]))
+        reached = next((seconds for seconds, acc in timer.records if acc >= target), None)
+        accuracy[name] = {"val_accuracy": round(timer.records[-1][1], 5), "seconds": round(timer.records[-1][0], 1),
+                          f"seconds_to_{target}": round(reached, 1) if reached is not None else None}
+        log(f"  {name}: val accuracy {timer.records[-1][1]:.4f} after {timer.records[-1][0]:.0f} s")
+        if name == "ours":
+            # 3. Prediction speed of a trained model on the whole test set.
+            predict(model, test[:2048])
+            started = time.perf_counter()
+            predict(model, test)
+            predict_seconds = time.perf_counter() - started
+            results["prediction"] = {"images_per_second": round(len(test) / predict_seconds, 1),
+                                     "test_images": int(len(test)),
+                                     "five_fold_ensemble_seconds": round(5 * predict_seconds, 1)}
+        keras.utils.clear_session(free_memory=True)
+    results["accuracy"] = accuracy
+    results["peak_rss_mb"] = round(_peak_rss_mb(), 1)
+    out = Path(out_dir) / f"{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
+    fileio.write_json(out, results)
+    results["path"] = str(out)
+    return results
+
+
+def format_table(results: dict) -> str:
+    t, a, p = results["throughput"], results["accuracy"], results["prediction"]
+    target_key = next(key for key in a["ours"] if key.startswith("seconds_to_"))
+    rows = [
+        ("training images/s", f"{t['ours_images_per_second']:.0f}", f"{t['plain_images_per_second']:.0f}"),
+        ("seconds per epoch (33,600 images)", f"{t['ours_seconds_per_epoch']:.1f}", f"{t['plain_seconds_per_epoch']:.1f}"),
+        (f"val accuracy after {results['epochs']} epochs", f"{a['ours']['val_accuracy']:.4f}",
+         f"{a['plain']['val_accuracy']:.4f}"),
+        (f"seconds to val accuracy {target_key.removeprefix('seconds_to_')}", str(a["ours"][target_key]),
+         str(a["plain"][target_key])),
+    ]
+    width = max(len(r[0]) for r in rows)
+    lines = [f"{'':<{width}}  {'ours':>8}  {'plain':>8}"]
+    lines += [f"{label:<{width}}  {ours:>8}  {plain:>8}" for label, ours, plain in rows]
+    lines.append(f"speed-up in training images/s: {t['ratio']:.2f}x")
+    lines.append(f"prediction: {p['images_per_second']:.0f} images/s; a 5-fold ensemble predicts "
+                 f"{p['test_images']:,} test digits in {p['five_fold_ensemble_seconds']:.1f} s")
+    lines.append(f"peak RSS {results['peak_rss_mb']:.0f} MB; written to {results['path']}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", type=Path, default=paths.RAW_DIR)
+    parser.add_argument("--out-dir", type=Path, default=paths.RUNS_DIR / "bench")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--target", type=float, default=0.99)
+    parser.add_argument("--train-images", type=int, default=33_600)
+    args = parser.parse_args(argv)
+    results = run_benchmark(args.data_dir, args.out_dir, args.train_images, args.epochs, args.target)
+    print(format_table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
