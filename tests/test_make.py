@@ -110,3 +110,20 @@ def test_download_train_report_submission_through_make(tmp_path):
     assert submission.returncode == 0, submission.stderr[-2000:]
     files = list((tmp_path / "submissions").glob("viamake-cv*.csv"))
     assert len(files) == 1 and files[0].read_text().startswith("ImageId,Label\n1,")
+
+
+@pytest.mark.slow
+def test_bench_runs_and_writes_its_json(tmp_path, sample_dir):
+    """A miniature `make bench` (the real one needs the full data): every figure present and positive."""
+    from digits import bench
+
+    results = bench.run_benchmark(sample_dir, tmp_path / "bench", train_images=1024, epochs=1, log=lambda _: None)
+    saved = json.loads(Path(results["path"]).read_text())
+    assert saved["throughput"]["ours_images_per_second"] > 0 and saved["throughput"]["plain_images_per_second"] > 0
+    assert saved["throughput"]["ratio"] == pytest.approx(
+        saved["throughput"]["ours_images_per_second"] / saved["throughput"]["plain_images_per_second"], rel=1e-2
+    )
+    assert saved["prediction"]["test_images"] == 1000 and saved["prediction"]["images_per_second"] > 0
+    assert 0 <= saved["accuracy"]["ours"]["val_accuracy"] <= 1 and saved["peak_rss_mb"] > 0
+    table = bench.format_table(results)
+    assert "speed-up in training images/s:" in table and str(results["path"]) in table
