@@ -22,7 +22,7 @@ class Config:
     preset: str = "default"
     model: str = "cnn"
     folds: int = 5
-    epochs: int = 18
+    epochs: int = 24
     batch: int = 128
     seed: int = 42
     holdout: float = 0.0  # fraction of train.csv kept out of every fold to score the ensemble honestly
