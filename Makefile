@@ -18,7 +18,7 @@ train_args = $(call opt,PRESET,preset) $(call opt,FOLDS,folds) $(call opt,EPOCHS
 	$(call opt,HOLDOUT,holdout) $(if $(filter 1 yes true,$(DETERMINISTIC)),--deterministic)
 
 .PHONY: help .venv download sample test test-fast lint format train report submission ensemble submit submissions \
-	bench demo clean
+	bench predict demo clean
 
 help: ## List the targets (this text)
 	@echo "Digit Recognizer pipeline. Usage: make <target> [VARIABLE=value ...]"
@@ -27,7 +27,7 @@ help: ## List the targets (this text)
 	@echo
 	@echo "Variables: COMPETITION SOURCE FORCE (download); PRESET FOLDS EPOCHS BATCH MODEL SEED RUN ONLY"
 	@echo "           HOLDOUT DETERMINISTIC (train); RUN (report, submission); TTA; RUNS WEIGHTS (ensemble);"
-	@echo "           FILE MESSAGE (submit). See README.md."
+	@echo "           FILE MESSAGE (submit); IMAGE RUN (predict). See README.md."
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	@echo ">> building $(VENV) from requirements.txt (first time: a few minutes, ~2.5 GB)"
@@ -66,6 +66,10 @@ submissions: .venv ## List your past submissions to the competition, with their 
 
 bench: .venv ## Benchmark training/prediction speed vs plain model.fit on the full data (~5 min) -> runs/bench/
 	$(BIN)/python -m digits.bench
+
+predict: .venv ## Top-3 digits for your own pictures, with a <name>.prepared.png beside each (IMAGE=files-or-folder, RUN)
+	@test -n "$(IMAGE)" || { echo "make predict needs IMAGE=path/to/digit.png (several: IMAGE=\"a.png b.jpg\" or a,b; or a folder)"; exit 2; }
+	$(DIGITS) predict $(call opt,RUN,run) '$(IMAGE)'
 
 demo: .venv ## The whole pipeline offline on the bundled sample in a few minutes: data, training, submission, report
 	$(DIGITS) demo

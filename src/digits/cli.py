@@ -67,10 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--submissions-dir", default=str(paths.SUBMISSIONS_DIR))
     demo.set_defaults(handler=_cmd_demo)
 
-    from digits import submission, train  # light imports: TensorFlow loads only when a command needs it
+    from digits import predict, submission, train  # light imports: TensorFlow loads only when a command needs it
 
     train.register_commands(commands)
     submission.register_commands(commands)
+    predict.register_commands(commands)
     return parser
 
 
@@ -78,10 +79,11 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from digits.config import ConfigError
     from digits.data import DataError
     from digits.download import DownloadError
+    from digits.predict import PredictError
     from digits.submission import SubmissionError
     from digits.train import RunError
 
-    return UserError, DataError, DownloadError, ConfigError, RunError, SubmissionError
+    return UserError, DataError, DownloadError, ConfigError, RunError, SubmissionError, PredictError
 
 
 def main(argv: list[str] | None = None) -> int:
