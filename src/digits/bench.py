@@ -67,8 +67,11 @@ def _compile(model, cfg: config_lib.Config, steps_per_epoch: int, epochs: int):
     from digits.train import cosine_schedule
 
     schedule_cfg = config_lib.resolve(cfg.preset, {"epochs": epochs})
-    model.compile(optimizer=keras.optimizers.Adam(cosine_schedule(schedule_cfg, steps_per_epoch)),
-                  loss=keras.losses.CategoricalCrossentropy(), metrics=["accuracy"])
+    model.compile(
+        optimizer=keras.optimizers.Adam(cosine_schedule(schedule_cfg, steps_per_epoch)),
+        loss=keras.losses.CategoricalCrossentropy(),
+        metrics=["accuracy"],
+    )
     return model
 
 
@@ -78,8 +81,9 @@ def _throughput(fit_once, images: int) -> float:
     return images / (time.perf_counter() - started)
 
 
-def run_benchmark(data_dir: Path, out_dir: Path, train_images: int = 33_600, epochs: int = 3, target: float = 0.99,
-                  log=print) -> dict:
+def run_benchmark(
+    data_dir: Path, out_dir: Path, train_images: int = 33_600, epochs: int = 3, target: float = 0.99, log=print
+) -> dict:
     import keras
     import tensorflow as tf
 
@@ -96,9 +100,16 @@ def run_benchmark(data_dir: Path, out_dir: Path, train_images: int = 33_600, epo
     x_train, y_train = train.images[train_rows], train.labels[train_rows]
     x_val, y_val = train.images[val_rows], train.labels[val_rows]
     one_hot = np.eye(10, dtype=np.float32)
-    results: dict = {"date": dt.datetime.now().isoformat(timespec="seconds"), "host": platform.node(),
-                     "machine": platform.machine(), "tensorflow": tf.__version__, "keras": keras.__version__,
-                     "train_images": int(len(x_train)), "epochs": epochs, "batch": cfg.batch}
+    results: dict = {
+        "date": dt.datetime.now().isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "machine": platform.machine(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "train_images": int(len(x_train)),
+        "epochs": epochs,
+        "batch": cfg.batch,
+    }
 
     # 1. Steady-state throughput, one epoch each after a short warm-up, interleaved in one process.
     log(f"throughput: our pipeline (batch {cfg.batch}) vs plain model.fit (batch 64), {len(x_train):,} images each")
@@ -112,10 +123,13 @@ def run_benchmark(data_dir: Path, out_dir: Path, train_images: int = 33_600, epo
     plain_model.fit(x_plain[:640], y_plain[:640], batch_size=64, verbose=0)
     plain_ips = _throughput(lambda: plain_model.fit(x_plain, y_plain, batch_size=64, verbose=0), len(x_train))
     keras.utils.clear_session(free_memory=True)
-    results["throughput"] = {"ours_images_per_second": round(ours_ips, 1), "plain_images_per_second": round(plain_ips, 1),
-                             "ratio": round(ours_ips / plain_ips, 3),
-                             "ours_seconds_per_epoch": round(len(x_train) / ours_ips, 1),
-                             "plain_seconds_per_epoch": round(len(x_train) / plain_ips, 1)}
+    results["throughput"] = {
+        "ours_images_per_second": round(ours_ips, 1),
+        "plain_images_per_second": round(plain_ips, 1),
+        "ratio": round(ours_ips / plain_ips, 3),
+        "ours_seconds_per_epoch": round(len(x_train) / ours_ips, 1),
+        "plain_seconds_per_epoch": round(len(x_train) / plain_ips, 1),
+    }
 
     # 2. Accuracy after the same short training, and time to the target accuracy.
     log(f"accuracy: {epochs} epochs each (cosine schedule over {epochs} epochs)")
@@ -126,15 +140,30 @@ def run_benchmark(data_dir: Path, out_dir: Path, train_images: int = 33_600, epo
         timer = _EpochTimer(started)
         if name == "ours":
             model = _compile(models.build_model(cfg.model), cfg, int(np.ceil(len(x_train) / cfg.batch)), epochs)
-            model.fit(make_train_dataset(x_train, y_train, cfg, seed=1), epochs=epochs, verbose=0, callbacks=[timer],
-                      validation_data=make_eval_dataset(x_val, y_val))
+            model.fit(
+                make_train_dataset(x_train, y_train, cfg, seed=1),
+                epochs=epochs,
+                verbose=0,
+                callbacks=[timer],
+                validation_data=make_eval_dataset(x_val, y_val),
+            )
         else:
             model = _compile(_plain_model(cfg), cfg, int(np.ceil(len(x_train) / 64)), epochs)
-            model.fit(x_plain, y_plain, batch_size=64, epochs=epochs, verbose=0, callbacks=[timer],
-                      validation_data=(x_val.astype(np.float32), one_hot[y_val]))
+            model.fit(
+                x_plain,
+                y_plain,
+                batch_size=64,
+                epochs=epochs,
+                verbose=0,
+                callbacks=[timer],
+                validation_data=(x_val.astype(np.float32), one_hot[y_val]),
+            )
         reached = next((seconds for seconds, acc in timer.records if acc >= target), None)
-        accuracy[name] = {"val_accuracy": round(timer.records[-1][1], 5), "seconds": round(timer.records[-1][0], 1),
-                          f"seconds_to_{target}": round(reached, 1) if reached is not None else None}
+        accuracy[name] = {
+            "val_accuracy": round(timer.records[-1][1], 5),
+            "seconds": round(timer.records[-1][0], 1),
+            f"seconds_to_{target}": round(reached, 1) if reached is not None else None,
+        }
         log(f"  {name}: val accuracy {timer.records[-1][1]:.4f} after {timer.records[-1][0]:.0f} s")
         if name == "ours":
             # 3. Prediction speed of a trained model on the whole test set.
@@ -142,9 +171,11 @@ def run_benchmark(data_dir: Path, out_dir: Path, train_images: int = 33_600, epo
             started = time.perf_counter()
             predict(model, test)
             predict_seconds = time.perf_counter() - started
-            results["prediction"] = {"images_per_second": round(len(test) / predict_seconds, 1),
-                                     "test_images": int(len(test)),
-                                     "five_fold_ensemble_seconds": round(5 * predict_seconds, 1)}
+            results["prediction"] = {
+                "images_per_second": round(len(test) / predict_seconds, 1),
+                "test_images": int(len(test)),
+                "five_fold_ensemble_seconds": round(5 * predict_seconds, 1),
+            }
         keras.utils.clear_session(free_memory=True)
     results["accuracy"] = accuracy
     results["peak_rss_mb"] = round(_peak_rss_mb(), 1)
@@ -159,18 +190,30 @@ def format_table(results: dict) -> str:
     target_key = next(key for key in a["ours"] if key.startswith("seconds_to_"))
     rows = [
         ("training images/s", f"{t['ours_images_per_second']:.0f}", f"{t['plain_images_per_second']:.0f}"),
-        ("seconds per epoch (33,600 images)", f"{t['ours_seconds_per_epoch']:.1f}", f"{t['plain_seconds_per_epoch']:.1f}"),
-        (f"val accuracy after {results['epochs']} epochs", f"{a['ours']['val_accuracy']:.4f}",
-         f"{a['plain']['val_accuracy']:.4f}"),
-        (f"seconds to val accuracy {target_key.removeprefix('seconds_to_')}", str(a["ours"][target_key]),
-         str(a["plain"][target_key])),
+        (
+            "seconds per epoch (33,600 images)",
+            f"{t['ours_seconds_per_epoch']:.1f}",
+            f"{t['plain_seconds_per_epoch']:.1f}",
+        ),
+        (
+            f"val accuracy after {results['epochs']} epochs",
+            f"{a['ours']['val_accuracy']:.4f}",
+            f"{a['plain']['val_accuracy']:.4f}",
+        ),
+        (
+            f"seconds to val accuracy {target_key.removeprefix('seconds_to_')}",
+            str(a["ours"][target_key]),
+            str(a["plain"][target_key]),
+        ),
     ]
     width = max(len(r[0]) for r in rows)
     lines = [f"{'':<{width}}  {'ours':>8}  {'plain':>8}"]
     lines += [f"{label:<{width}}  {ours:>8}  {plain:>8}" for label, ours, plain in rows]
     lines.append(f"speed-up in training images/s: {t['ratio']:.2f}x")
-    lines.append(f"prediction: {p['images_per_second']:.0f} images/s; a 5-fold ensemble predicts "
-                 f"{p['test_images']:,} test digits in {p['five_fold_ensemble_seconds']:.1f} s")
+    lines.append(
+        f"prediction: {p['images_per_second']:.0f} images/s; a 5-fold ensemble predicts "
+        f"{p['test_images']:,} test digits in {p['five_fold_ensemble_seconds']:.1f} s"
+    )
     lines.append(f"peak RSS {results['peak_rss_mb']:.0f} MB; written to {results['path']}")
     return "\n".join(lines)
 

@@ -344,6 +344,7 @@ def _extract_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, target: P
                 out.write(chunk)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError) as error:
         if isinstance(error, OSError) and not isinstance(error, zipfile.BadZipFile) and error.errno is not None:
+            error.filename = error.filename or str(target)  # a failed write() names no file
             raise  # a real disk error (full disk, permissions): let it surface as is
         raise DownloadError(
             f"{zip_path}: member '{member.filename}' is corrupt ({error}). Download the archive again with FORCE=1."

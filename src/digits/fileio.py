@@ -7,6 +7,8 @@ so a crash, a Ctrl-C or a full disk never leaves a half-written file where a lat
 from __future__ import annotations
 
 import contextlib
+import errno
+import io
 import json
 import os
 import tempfile
@@ -22,6 +24,7 @@ def _current_umask() -> int:
 
 
 _UMASK = _current_umask()
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 @contextlib.contextmanager
@@ -43,6 +46,10 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
         _fsync_file(tmp)
         os.replace(tmp, final)
         _fsync_dir(final.parent)
+    except OSError as error:
+        if error.errno in _DISK_FULL and not error.filename:
+            error.filename = str(final)  # a failed write() names no file; the user knows the final name
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -66,6 +73,16 @@ def write_bytes(final: str | os.PathLike, data: bytes) -> None:
 
 def write_json(final: str | os.PathLike, obj: Any) -> None:
     write_text(final, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def write_npy(final: str | os.PathLike, array) -> None:
+    """np.save, atomically. Serialised in memory first: numpy's own file writes turn a full disk into an
+    OSError without an errno ("N requested and M written"), which could not be told from any other failure."""
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    write_bytes(final, buffer.getvalue())
 
 
 def _fsync_file(path: Path) -> None:

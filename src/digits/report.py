@@ -295,8 +295,10 @@ def run_report(run_dir: Path, train: data.TrainData, fold_ids: np.ndarray) -> di
         f"out-of-fold confusion (acc {oof['accuracy']:.4f})",
     )
     plot_samples(train.images, train.labels, run_dir / "samples.png")
-    fileio.write_json(run_dir / "report.json", report)
     fileio.write_text(run_dir / "report.html", render_html(run_dir, report))
+    # Last: a run with a report.json is finished and never rewritten (train.train_run), so it must not exist
+    # before report.html does (a kill in between would leave a run without its HTML report for good).
+    fileio.write_json(run_dir / "report.json", report)
     return report
 
 

@@ -254,8 +254,7 @@ def make_submission(
         )
     blended = blend(run.fold_test_probs)
     suffix = "-tta" if tta else ""
-    with fileio.atomic_path(run_dir / f"blend_test_probs{suffix}.npy") as tmp:
-        np.save(tmp, blended)
+    fileio.write_npy(run_dir / f"blend_test_probs{suffix}.npy", blended)
     folds_agree = agreement(run.fold_test_probs)
     path = Path(submissions_dir) / f"{run_dir.name}-cv{run.oof_accuracy:.5f}{suffix}.csv"
     if path.exists():
@@ -366,7 +365,12 @@ def upload(
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise SubmissionError(f"{path}: not a UTF-8 text CSV; expected the header ImageId,Label.") from None
-    validate_submission_text(text, expected_rows(data_dir), name=str(path))
+    try:
+        validate_submission_text(text, expected_rows(data_dir), name=str(path))
+    except SubmissionError as error:
+        raise SubmissionError(
+            f"{error} Nothing was uploaded: fix the file, or build a valid one with `make submission`."
+        ) from None
     warn_if_config_readable(log)
     try:
         api = kaggle_api()

@@ -362,13 +362,10 @@ def train_fold(
 
     oof = np.zeros(len(val_probs), dtype=[("row_id", "<i8"), ("probs", "<f4", (data.NUM_CLASSES,))])
     oof["row_id"], oof["probs"] = fold_data.val_row_ids, val_probs
-    with fileio.atomic_path(fold_dir / "oof.npy") as tmp:
-        np.save(tmp, oof)
-    with fileio.atomic_path(fold_dir / "test_probs.npy") as tmp:
-        np.save(tmp, test_probs)
+    fileio.write_npy(fold_dir / "oof.npy", oof)
+    fileio.write_npy(fold_dir / "test_probs.npy", test_probs)
     if holdout_probs is not None:
-        with fileio.atomic_path(fold_dir / "holdout_probs.npy") as tmp:
-            np.save(tmp, holdout_probs)
+        fileio.write_npy(fold_dir / "holdout_probs.npy", holdout_probs)
 
     history = state["history"]
     fold_report = report.fold_report(
@@ -509,21 +506,26 @@ def train_run(
     from digits import report
 
     run_dir = Path(run_dir)
-    train = data.load_train(Path(data_dir) / "train.csv")  # bad data stops here, before a run folder exists
+    # Bad data and impossible folds stop here, before the run folder is created or touched.
+    train = data.load_train(Path(data_dir) / "train.csv")
+    needs_training = any(not fold_is_finished(run_dir, fold) for fold in config.fold_ids())
+    test_images = data.load_test(Path(data_dir) / "test.csv") if needs_training else None
+    folds_path = run_dir / "folds.csv"
+    if folds_path.exists():
+        fold_ids = folds.read_folds(folds_path, train.labels)
+    else:
+        fold_ids = folds.assign_folds(train.labels, config.folds, config.seed, config.holdout)
     with run_lock(run_dir):
         prepare_run(run_dir, config, data_dir)
-        todo = [fold for fold in config.fold_ids() if not fold_is_finished(run_dir, fold)]
-        folds_path = run_dir / "folds.csv"
-        if folds_path.exists():
-            fold_ids = folds.read_folds(folds_path, train.labels)
-        else:
-            fold_ids = folds.assign_folds(train.labels, config.folds, config.seed, config.holdout)
+        if not folds_path.exists():
             folds.write_folds(folds_path, train.labels, fold_ids)
+        todo = [fold for fold in config.fold_ids() if not fold_is_finished(run_dir, fold)]
         if not todo:
             log(f"{run_dir}: folds {','.join(map(str, config.fold_ids()))} are finished; nothing to train.")
         else:
             configure_tensorflow(config)
-            test_images = data.load_test(Path(data_dir) / "test.csv")
+            if test_images is None:  # a fold's report.json was removed since the check above
+                test_images = data.load_test(Path(data_dir) / "test.csv")
             holdout_images = train.images[fold_ids == folds.HOLDOUT_FOLD]
             skipped = [fold for fold in config.fold_ids() if fold not in todo]
             if skipped:
