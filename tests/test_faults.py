@@ -47,6 +47,7 @@ import pytest
 
 from digits import data
 from digits.submission import validate_submission_text
+from helpers import digits_command, run_digits, tiny_train_args
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SRC = REPO_ROOT / "src" / "digits"
@@ -82,37 +83,9 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 def digits_cli(
-    *args: str | os.PathLike,
-    env: dict[str, str] | None = None,
-    timeout: float = 300,
-    preexec_fn: Callable[[], None] | None = None,
+    *args: str | os.PathLike, env: dict[str, str] | None = None, **kwargs
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "digits", *map(str, args)],
-        env=env or clean_env(),
-        capture_output=True,
-        text=True,
-        encoding="utf-8",
-        errors="replace",
-        timeout=timeout,
-        preexec_fn=preexec_fn,
-        check=False,
-    )
-
-
-def train_argv(data_dir: Path, runs_dir: Path, *args: str | os.PathLike) -> list[str]:
-    return [
-        "train",
-        "--data-dir",
-        str(data_dir),
-        "--runs-dir",
-        str(runs_dir),
-        "--preset",
-        "quick",
-        "--model",
-        "tiny",
-        *map(str, args),
-    ]
+    return run_digits(*args, env=env or clean_env(), **kwargs)
 
 
 def snapshot(*folders: Path, ignore: tuple[str, ...] = ()) -> dict[str, str]:
@@ -356,7 +329,7 @@ def shared_run(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Sh
     """Run `shared` (tiny, 2 folds, 1 epoch): two `python -m digits train` of it started at the same moment,
     with sentinel Kaggle credentials in their environment. One trains it; the other must be refused."""
     runs_dir = tmp_path_factory.mktemp("shared-runs")
-    command = [sys.executable, "-m", "digits", *train_argv(sample_dir, runs_dir, "--folds", "2", "--epochs", "1")]
+    command = digits_command(*tiny_train_args(sample_dir, runs_dir, "--folds", "2", "--epochs", "1"))
     command += ["--run", "shared"]
     env = clean_env(**SECRETS)
     processes = [
@@ -404,19 +377,19 @@ def prepare_train_case(case_id: str, root: Path, sample: dict[str, Csv], sample_
         args, where, hint = CONFIG_CASES[case_id.split(":")[1]]
         copy_run(run_dir, runs_dir)  # a finished run beside: it must stay as it is
         run = [] if "--run" in args else ["--run", "new"]
-        return TrainCase(train_argv(sample_dir, runs_dir, *args, *run), [runs_dir], where, hint)
+        return TrainCase(tiny_train_args(sample_dir, runs_dir, *args, *run), [runs_dir], where, hint)
     if case_id in ACCEPTED_TRAIN_IDS:  # resuming the finished run re-reads and re-validates train.csv
         encode = ENCODINGS[case_id.split(":")[1]]
         data_dir = write_folder(folder / "data", {"train.csv": encode((sample_dir / "train.csv").read_bytes())})
         copy_run(run_dir, runs_dir)
-        return TrainCase(train_argv(data_dir, runs_dir, "--run", "shared"), [data_dir, runs_dir], [], "")
+        return TrainCase(tiny_train_args(data_dir, runs_dir, "--run", "shared"), [data_dir, runs_dir], [], "")
     files, name, _ = spoil(case_id, small_set(sample))
     del files["sample_submission.csv"]  # training does not read it
     data_dir = write_folder(folder / "data", files)
     runs_dir.mkdir(parents=True)
     where = expected_where(case_id, small_set(sample), str(data_dir / name))
     return TrainCase(
-        train_argv(data_dir, runs_dir, "--run", "new"),
+        tiny_train_args(data_dir, runs_dir, "--run", "new"),
         [data_dir, runs_dir],
         [where],
         CSV_CASES[case_id.split(":")[1]].hint,
@@ -770,7 +743,7 @@ def test_killed_while_writing_the_run_report(shared_run, sample_dir, tmp_path):
     for name in ("report.json", "report.html"):
         (run_dir / name).unlink()
     folds_before = snapshot(*sorted(run_dir.glob("fold_*")))
-    argv = train_argv(sample_dir, run_dir.parent, "--run", run_dir.name)
+    argv = tiny_train_args(sample_dir, run_dir.parent, "--run", run_dir.name)
 
     run_until_stalled("report.html", argv)
 
@@ -812,7 +785,7 @@ def test_full_disk_is_a_clear_error_and_loses_nothing(request, sample, sample_di
             for name in ("report.json", "report.html"):
                 (run_dir / name).unlink()
             limit = 64 << 10
-            argv = train_argv(sample_dir, run_dir.parent, "--run", run_dir.name)
+            argv = tiny_train_args(sample_dir, run_dir.parent, "--run", run_dir.name)
             writing = str(run_dir / "oof.csv")
     before = snapshot(*watched, ignore=(".lock",))
 

@@ -13,7 +13,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from digits.submission import (
     validate_submission_text,
     write_submission,
 )
+from helpers import run_digits
 from kaggle_standin import KaggleStandIn
 from kaggle_standin import Submission as StandInSubmission
 
@@ -42,12 +42,7 @@ RULES_URL = "https://www.kaggle.com/competitions/digit-recognizer/rules"
 
 
 def digits_cli(*args: str | os.PathLike, env: dict[str, str] | None = None, timeout: float = 300):
-    command = [sys.executable, "-m", "digits", *map(str, args)]
-    if env is None:
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    return subprocess.run(
-        command, env=env, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=timeout
-    )
+    return run_digits(*args, env=env, timeout=timeout)
 
 
 def assert_ok(result: subprocess.CompletedProcess[str]) -> None:

@@ -20,6 +20,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from helpers import digits_command, run_digits, tiny_train_args
+
 pytestmark = pytest.mark.slow
 
 FOLD_FILES = {
@@ -36,22 +38,7 @@ RUN_FILES = {"config.json", "folds.csv", "oof.csv", "report.json", "report.html"
 
 
 def train_cli(sample_dir: Path, runs_dir: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    command = [
-        sys.executable,
-        "-m",
-        "digits",
-        "train",
-        "--data-dir",
-        str(sample_dir),
-        "--runs-dir",
-        str(runs_dir),
-        "--preset",
-        "quick",
-        "--model",
-        "tiny",
-        *args,
-    ]
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+    return run_digits(*tiny_train_args(sample_dir, runs_dir, *args), timeout=timeout)
 
 
 def digest(path: Path) -> str:
@@ -190,26 +177,7 @@ def test_killed_run_resumes_skips_finished_folds_and_completes(sample_dir, tmp_p
     """SIGKILL in the middle of fold 1; the rerun skips fold 0 and resumes fold 1 where it stopped."""
     runs_dir = tmp_path / "runs"
     epochs = 8
-    command = [
-        sys.executable,
-        "-m",
-        "digits",
-        "train",
-        "--data-dir",
-        str(sample_dir),
-        "--runs-dir",
-        str(runs_dir),
-        "--preset",
-        "quick",
-        "--model",
-        "tiny",
-        "--folds",
-        "2",
-        "--epochs",
-        str(epochs),
-        "--run",
-        "r",
-    ]
+    command = digits_command(*tiny_train_args(sample_dir, runs_dir, "--folds", "2", "--epochs", epochs, "--run", "r"))
     run_dir = runs_dir / "r"
     state_path = run_dir / "fold_1" / "backup" / "state.json"
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

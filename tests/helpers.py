@@ -1,0 +1,46 @@
+"""Helpers shared by the test modules: running the command line as a user would."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def digits_command(*args: str | os.PathLike) -> list[str]:
+    """The argv of `python -m digits <args>` with this interpreter."""
+    return [sys.executable, "-m", "digits", *map(str, args)]
+
+
+def run_digits(
+    *args: str | os.PathLike, env: dict[str, str] | None = None, timeout: float = 300, **kwargs
+) -> subprocess.CompletedProcess[str]:
+    """Run `python -m digits <args>` and capture its output (TensorFlow's C++ chatter silenced)."""
+    return subprocess.run(
+        digits_command(*args),
+        env=env or {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        timeout=timeout,
+        check=False,
+        **kwargs,
+    )
+
+
+def tiny_train_args(data_dir: Path, runs_dir: Path, *args: str | os.PathLike) -> list[str]:
+    """`train` arguments for a quick run of the tiny model: seconds on the bundled sample."""
+    return [
+        "train",
+        "--data-dir",
+        str(data_dir),
+        "--runs-dir",
+        str(runs_dir),
+        "--preset",
+        "quick",
+        "--model",
+        "tiny",
+        *map(str, args),
+    ]
