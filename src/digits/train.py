@@ -390,8 +390,8 @@ def train_fold(
         f"best epoch {state['best_epoch']}  {_format_seconds(time.perf_counter() - fit_started)} this session  "
         f"{fold_report['train_images_per_second']:.0f} images/s  peak RSS {monitor.peak_rss_mb:.0f} MB"
     )
-    del model
-    keras.utils.clear_session(free_memory=True)
+    del model, train_ds, val_ds
+    keras.utils.clear_session(free_memory=True)  # also runs the garbage collector
     return fold_report
 
 
