@@ -246,7 +246,9 @@ def run_report(run_dir: Path, train: data.TrainData, fold_ids: np.ndarray) -> di
     for c in CLASSES:
         frame[f"prob_{c}"] = probs[:, c]
     with fileio.atomic_open(run_dir / "oof.csv", "w", newline="") as handle:
-        frame.to_csv(handle, index=False, float_format="%.6g")
+        # 9 significant digits round-trip float32 exactly, so the argmax read back from oof.csv is the
+        # prediction column (6 digits could flip near-ties of an unsure model).
+        frame.to_csv(handle, index=False, float_format="%.9g")
 
     oof = classification_summary(labels, probs)
     accuracies = np.array([r["accuracy"] for r in fold_reports])
