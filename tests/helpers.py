@@ -44,3 +44,15 @@ def tiny_train_args(data_dir: Path, runs_dir: Path, *args: str | os.PathLike) ->
         "tiny",
         *map(str, args),
     ]
+
+
+def assert_ok(result: subprocess.CompletedProcess[str]) -> None:
+    assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+
+
+def assert_user_error(result: subprocess.CompletedProcess[str]) -> str:
+    """Exit 2 with one `error:` message and no traceback; returns stderr."""
+    assert result.returncode == 2, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    assert "error: " in result.stderr
+    assert "Traceback" not in result.stderr
+    return result.stderr

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from digits import data
+from helpers import assert_user_error
 from kaggle_standin import KaggleStandIn
 
 CSV_NAMES = ("train.csv", "test.csv", "sample_submission.csv")
@@ -79,14 +80,6 @@ def assert_sample_installed(dest: Path, sample_zip: Path) -> None:
     assert data.load_test(dest / "test.csv").shape == (SAMPLE_ROWS["test.csv"], 28, 28, 1)
     assert len(data.load_sample_submission(dest / "sample_submission.csv")) == SAMPLE_ROWS["sample_submission.csv"]
     assert not (dest / ".download").exists() and not (dest / ".extract").exists(), "staging folders left behind"
-
-
-def assert_user_error(result: subprocess.CompletedProcess[str]) -> str:
-    """Exit 2 with one `error:` message and no traceback; returns stderr."""
-    assert result.returncode == 2, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-    assert "error: " in result.stderr
-    assert "Traceback" not in result.stderr
-    return result.stderr
 
 
 def assert_no_csvs(dest: Path) -> None:

@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import re
-import subprocess
 from datetime import datetime
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from digits.submission import (
     validate_submission_text,
     write_submission,
 )
-from helpers import run_digits
+from helpers import assert_ok, assert_user_error, run_digits
 from kaggle_standin import KaggleStandIn
 from kaggle_standin import Submission as StandInSubmission
 
@@ -43,18 +42,6 @@ RULES_URL = "https://www.kaggle.com/competitions/digit-recognizer/rules"
 
 def digits_cli(*args: str | os.PathLike, env: dict[str, str] | None = None, timeout: float = 300):
     return run_digits(*args, env=env, timeout=timeout)
-
-
-def assert_ok(result: subprocess.CompletedProcess[str]) -> None:
-    assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-
-
-def assert_user_error(result: subprocess.CompletedProcess[str]) -> str:
-    """Exit 2 with one `error:` message and no traceback; returns stderr."""
-    assert result.returncode == 2, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-    assert "error: " in result.stderr
-    assert "Traceback" not in result.stderr
-    return result.stderr
 
 
 def digest(path: Path) -> str:
