@@ -123,7 +123,15 @@ def test_bench_runs_and_writes_its_json(tmp_path, sample_dir):
     assert saved["throughput"]["ratio"] == pytest.approx(
         saved["throughput"]["ours_images_per_second"] / saved["throughput"]["plain_images_per_second"], rel=1e-2
     )
-    assert saved["prediction"]["test_images"] == 1000 and saved["prediction"]["images_per_second"] > 0
+    assert saved["throughput"]["ceiling_images_per_second"] > 0
+    prediction = saved["prediction"]
+    assert prediction["test_images"] == 1000
+    for key in ("plain", "float32", "bfloat16"):
+        assert prediction[key]["images_per_second"] > 0
+        expected = 5 * 1000 / prediction[key]["images_per_second"]
+        assert prediction[key]["five_fold_ensemble_seconds"] == pytest.approx(expected, rel=0.01, abs=0.01)
+    assert prediction["float32_max_abs_difference_from_plain"] < 1e-4  # folding batch norm is exact
+    assert 0.8 <= prediction["bfloat16_same_digit_as_float32"] <= 1  # a one-epoch model has many near-ties
     assert 0 <= saved["accuracy"]["ours"]["val_accuracy"] <= 1 and saved["peak_rss_mb"] > 0
     table = bench.format_table(results)
     assert "speed-up in training images/s:" in table and str(results["path"]) in table

@@ -58,7 +58,7 @@ def test_every_artifact_is_written(finished_run):
     assert RUN_FILES <= {p.name for p in run_dir.iterdir()}
     for fold in (0, 1):
         fold_dir = run_dir / f"fold_{fold}"
-        assert FOLD_FILES | {"holdout_probs.npy"} <= {p.name for p in fold_dir.iterdir()}
+        assert FOLD_FILES | {"holdout_probs.npy", "holdout_tta_probs.npy"} <= {p.name for p in fold_dir.iterdir()}
         assert not (fold_dir / "backup").exists()  # the resume backup is removed once a fold is finished
         for picture in ("curves.png", "confusion.png", "errors.png"):
             assert (fold_dir / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -89,7 +89,22 @@ def test_artifact_contents_are_consistent(finished_run, sample_train, sample_tes
     assert np.array(report["oof_confusion_matrix"]).sum() == len(oof)
     assert [row["fold"] for row in report["folds"]] == [0, 1]
     assert report["class_balance"]["all"] == np.bincount(sample_train.labels, minlength=10).tolist()
-    assert report["holdout"]["rows"] == int((folds_csv["fold"] == -1).sum())
+    holdout_labels = folds_csv.loc[folds_csv["fold"] == -1, "label"].to_numpy()
+    assert report["holdout"]["rows"] == len(holdout_labels) > 0
+    for prefix, name in (("", "holdout_probs.npy"), ("tta_", "holdout_tta_probs.npy")):
+        fold_probs = [np.load(run_dir / f"fold_{k}" / name) for k in (0, 1)]
+        assert all(p.shape == (len(holdout_labels), 10) for p in fold_probs)
+        ensemble = np.mean(fold_probs, axis=0).argmax(axis=1)
+        assert report["holdout"][f"{prefix}ensemble_accuracy"] == pytest.approx(
+            float((ensemble == holdout_labels).mean())
+        )
+        assert report["holdout"][f"{prefix}fold_accuracy"] == pytest.approx(
+            [float((p.argmax(axis=1) == holdout_labels).mean()) for p in fold_probs]
+        )
+    # TTA really averaged shifted views (a copy of the plain probabilities would pass the checks above).
+    assert not np.array_equal(
+        np.load(run_dir / "fold_0" / "holdout_tta_probs.npy"), np.load(run_dir / "fold_0" / "holdout_probs.npy")
+    )
 
     for fold in (0, 1):
         fold_dir = run_dir / f"fold_{fold}"
@@ -128,7 +143,9 @@ def test_html_report_is_self_contained_and_shows_every_fold(finished_run):
         assert f"fold {fold} misclassified digits" in page
     assert page.count("data:image/png;base64,") >= 2 * 3 + 2  # three pictures per fold, plus run pictures
     assert "src='http" not in page and 'src="http' not in page  # nothing fetched from elsewhere
-    assert "Holdout" in page
+    holdout = json.loads((run_dir / "report.json").read_text())["holdout"]
+    assert f"Fold ensemble accuracy <b>{holdout['ensemble_accuracy']:.4f}</b>" in page
+    assert f"ensemble <b>{holdout['tta_ensemble_accuracy']:.4f}</b>" in page
 
 
 def test_report_command_prints_the_fold_table(finished_run):
@@ -143,6 +160,11 @@ def test_report_command_prints_the_fold_table(finished_run):
     report = json.loads((run_dir / "report.json").read_text())
     assert "fold   val acc  val loss" in result.stdout
     assert f"OOF accuracy {report['oof_accuracy']:.4f}" in result.stdout
+    h = report["holdout"]
+    assert (
+        f"holdout ({h['rows']:,} rows): fold ensemble accuracy {h['ensemble_accuracy']:.4f}, "
+        f"with TTA {h['tta_ensemble_accuracy']:.4f}" in result.stdout
+    )
     assert str(run_dir / "report.html") in result.stdout
 
 
@@ -250,3 +272,32 @@ def test_deterministic_runs_with_the_same_seed_are_identical(sample_dir, tmp_pat
         first, second = (np.load(runs / name / f"fold_{fold}" / "oof.npy") for name in ("a", "b"))
         assert np.array_equal(first["probs"], second["probs"])
     assert json.loads((runs / "a" / "config.json").read_text())["config"]["deterministic"] is True
+
+
+def test_submission_tta_measures_the_holdout_of_a_run_trained_without_it(finished_run, sample_dir, tmp_path):
+    """Runs trained before TTA was measured on the holdout get it from `make submission TTA=1`, once."""
+    import shutil
+
+    run_dir, _ = finished_run
+    copy = tmp_path / "runs" / run_dir.name
+    shutil.copytree(run_dir, copy)
+    expected = {k: np.load(copy / f"fold_{k}" / "holdout_tta_probs.npy") for k in (0, 1)}
+    for k in (0, 1):
+        (copy / f"fold_{k}" / "holdout_tta_probs.npy").unlink()
+    old_report = json.loads((copy / "report.json").read_text())  # as an older run wrote it: no TTA figures
+    old_report["holdout"] = {k: v for k, v in old_report["holdout"].items() if not k.startswith("tta_")}
+    (copy / "report.json").write_text(json.dumps(old_report))
+    args = ("--runs-dir", copy.parent, "--data-dir", sample_dir, "--submissions-dir", tmp_path / "submissions")
+    result = run_digits("submission", "--run", copy.name, "--tta", *args)
+    assert result.returncode == 0, result.stderr
+    for k in (0, 1):
+        np.testing.assert_allclose(np.load(copy / f"fold_{k}" / "holdout_tta_probs.npy"), expected[k], atol=1e-5)
+    holdout = json.loads((run_dir / "report.json").read_text())["holdout"]
+    assert (
+        f"TTA on the {holdout['rows']:,} holdout rows: fold ensemble accuracy "
+        f"{holdout['ensemble_accuracy']:.5f} without, {holdout['tta_ensemble_accuracy']:.5f} with" in result.stdout
+    )
+    # `make report` shows it too, though the finished run's report.json is never rewritten.
+    report = run_digits("report", "--run", copy.name, "--runs-dir", copy.parent)
+    assert report.returncode == 0, report.stderr
+    assert f"with TTA {holdout['tta_ensemble_accuracy']:.4f}" in report.stdout

@@ -10,11 +10,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import keras
+import numpy as np
 from keras import layers
 
 INPUT_SHAPE = (28, 28, 1)
 ModelBuilder = Callable[[int], keras.Model]
 MODELS: dict[str, ModelBuilder] = {}
+# Inference precisions (`inference_model`): name -> Keras dtype policy.
+PRECISIONS = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
 
 
 def register(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
@@ -88,3 +91,83 @@ def augmenter(rotation_degrees: float, zoom: float, shift: float, seed: int | No
     if shift > 0:
         steps.append(layers.RandomTranslation(shift, shift, fill_mode="constant", seed=seed))
     return keras.layers.Pipeline(steps, name="augment")
+
+
+class _FoldedAway(layers.Layer):
+    """Stands where a batch norm was folded into the conv before it: passes its input through."""
+
+    def call(self, inputs, training=None, mask=None):
+        return inputs
+
+
+def _folds_into(model: keras.Model) -> dict[str, layers.BatchNormalization]:
+    """{conv name: batch norm} for every channels-last Conv2D whose output only a batch norm reads.
+
+    Both layers must be used once (a shared layer cannot be folded for one use only), the conv
+    linear (no activation before the batch norm) and not itself a model output.
+    """
+    outputs = {id(t) for t in model.outputs}
+    pairs = {}
+    for layer in model.layers:
+        if not isinstance(layer, layers.BatchNormalization) or len(layer._inbound_nodes) != 1:
+            continue
+        before = layer.input._keras_history.operation
+        if (
+            isinstance(before, layers.Conv2D)
+            and len(before._inbound_nodes) == 1
+            and len(before._outbound_nodes) == 1
+            and id(before.output) not in outputs
+            and before.activation is keras.activations.linear
+            and before.data_format == "channels_last"
+            and layer.axis in (-1, 3)
+        ):
+            pairs[before.name] = layer
+    return pairs
+
+
+def is_graph_model(model) -> bool:
+    """True for functional and Sequential models (what `inference_model` can rewrite)."""
+    return isinstance(model, keras.Sequential) or hasattr(model, "_run_through_graph")
+
+
+def inference_model(model: keras.Model, precision: str = "float32") -> keras.Model:
+    """A copy of a trained functional model for prediction only: same outputs, less work.
+
+    Every batch norm that follows a conv is folded into that conv's kernel and bias (exact up to
+    float rounding: ~1e-6 on the probabilities). `precision="bfloat16"` also computes in bfloat16
+    with float32 weights and a float32 softmax, faster on CPUs with AVX512-BF16 (`make bench`);
+    on the default run's 42,000 out-of-fold digits it changed 2 predictions (OOF 0.99555 -> 0.99550),
+    so it is an option, never the default.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision '{precision}'; choose one of: {', '.join(PRECISIONS)}")
+    policy = PRECISIONS[precision]
+    pairs = _folds_into(model)
+    folded = {bn.name for bn in pairs.values()}
+    output_layer = model.layers[-1].name
+
+    def clone(layer):
+        config = layer.get_config()
+        if layer.name in folded:
+            return _FoldedAway(name=layer.name, dtype=policy)
+        if layer.name in pairs:
+            config["use_bias"] = True
+        if layer.name != output_layer and "dtype" in config:
+            config["dtype"] = policy
+        return layer.__class__.from_config(config)
+
+    fast = keras.models.clone_model(model, clone_function=clone)
+    for layer in model.layers:
+        if layer.name in folded or not layer.weights:
+            continue
+        target = fast.get_layer(layer.name)
+        if layer.name in pairs:
+            bn = pairs[layer.name]
+            gamma = bn.gamma.numpy() if bn.scale else 1.0
+            beta = bn.beta.numpy() if bn.center else 0.0
+            scale = gamma / np.sqrt(bn.moving_variance.numpy() + bn.epsilon)
+            bias = layer.bias.numpy() if layer.use_bias else 0.0
+            target.set_weights([layer.kernel.numpy() * scale, beta + (bias - bn.moving_mean.numpy()) * scale])
+        else:
+            target.set_weights(layer.get_weights())
+    return fast

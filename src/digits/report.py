@@ -305,13 +305,25 @@ def run_report(run_dir: Path, train: data.TrainData, fold_ids: np.ndarray) -> di
 
 
 def holdout_summary(run_dir: Path, fold_count: int, labels: np.ndarray) -> dict:
-    fold_probs = [np.load(run_dir / f"fold_{k}" / "holdout_probs.npy") for k in range(fold_count)]
-    ensemble = np.mean(fold_probs, axis=0)
-    return {
-        "rows": int(len(labels)),
-        "ensemble_accuracy": float((ensemble.argmax(axis=1) == labels).mean()),
-        "fold_accuracy": [float((p.argmax(axis=1) == labels).mean()) for p in fold_probs],
-    }
+    """Accuracy on the holdout rows of each fold model and of their mean, and with TTA when measured."""
+    summary: dict = {"rows": int(len(labels))}
+    for prefix, name in (("", "holdout_probs.npy"), ("tta_", "holdout_tta_probs.npy")):
+        paths_ = [run_dir / f"fold_{k}" / name for k in range(fold_count)]
+        if prefix and not all(p.is_file() for p in paths_):
+            continue  # TTA on the holdout is measured at the end of every fold, or by `make submission TTA=1`
+        fold_probs = [np.load(p) for p in paths_]
+        summary[f"{prefix}ensemble_accuracy"] = float((np.mean(fold_probs, axis=0).argmax(axis=1) == labels).mean())
+        summary[f"{prefix}fold_accuracy"] = [float((p.argmax(axis=1) == labels).mean()) for p in fold_probs]
+    return summary
+
+
+def run_holdout_summary(run_dir: Path) -> dict | None:
+    """`holdout_summary` of a finished run from its own folds.csv (None when the run has no holdout)."""
+    frame = pd.read_csv(run_dir / "folds.csv")
+    holdout = frame["fold"] == folds.HOLDOUT_FOLD
+    if not holdout.any():
+        return None
+    return holdout_summary(run_dir, int(frame.loc[~holdout, "fold"].max()) + 1, frame.loc[holdout, "label"].to_numpy())
 
 
 def class_balance(labels: np.ndarray, fold_ids: np.ndarray) -> dict:
@@ -343,9 +355,11 @@ def format_fold_table(report: dict) -> str:
         f"OOF accuracy {report['oof_accuracy']:.4f} over {report['oof_rows']:,} rows ({report['oof_errors']} errors)"
     )
     if "holdout" in report:
+        h = report["holdout"]
+        tta = f", with TTA {h['tta_ensemble_accuracy']:.4f}" if "tta_ensemble_accuracy" in h else ""
         lines.append(
-            f"holdout ({report['holdout']['rows']:,} rows): fold ensemble accuracy "
-            f"{report['holdout']['ensemble_accuracy']:.4f}"
+            f"holdout ({h['rows']:,} rows): fold ensemble accuracy {h['ensemble_accuracy']:.4f}{tta}; "
+            f"single folds {min(h['fold_accuracy']):.4f}-{max(h['fold_accuracy']):.4f}"
         )
     confused = ", ".join(f"{p['classes'][0]}↔{p['classes'][1]} ({p['count']})" for p in report["most_confused"][:3])
     if confused:
@@ -418,7 +432,15 @@ def render_html(run_dir: Path, report: dict) -> str:
         holdout = (
             f"<h2>Holdout</h2><p>{h['rows']:,} rows kept out of every fold. Fold ensemble accuracy "
             f"<b>{h['ensemble_accuracy']:.4f}</b>; single folds: "
-            f"{', '.join(f'{a:.4f}' for a in h['fold_accuracy'])}.</p>"
+            f"{', '.join(f'{a:.4f}' for a in h['fold_accuracy'])}."
+            + (
+                f" With TTA ({len(h['tta_fold_accuracy'])} models, one-pixel shifts averaged): ensemble "
+                f"<b>{h['tta_ensemble_accuracy']:.4f}</b>; single folds "
+                f"{', '.join(f'{a:.4f}' for a in h['tta_fold_accuracy'])}."
+                if "tta_ensemble_accuracy" in h
+                else ""
+            )
+            + "</p>"
         )
     settings = ", ".join(f"{k}={v}" for k, v in config.items())
     return f"""<!DOCTYPE html>

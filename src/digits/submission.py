@@ -90,6 +90,13 @@ def shift_images(images: np.ndarray, rows: int, columns: int) -> np.ndarray:
     return shifted
 
 
+def tta_probs(model, images: np.ndarray) -> np.ndarray:
+    """A model's probabilities averaged over TTA_SHIFTS of the images (test-time augmentation)."""
+    from digits.train import predict
+
+    return blend([predict(model, shift_images(images, *shift)) for shift in TTA_SHIFTS])
+
+
 def choose_weights(oof_probs: Sequence[np.ndarray], labels: np.ndarray) -> np.ndarray:
     """Blend weights minimising the OOF log loss (softmax-parametrised, so they stay on the simplex)."""
     from scipy.optimize import minimize
@@ -213,10 +220,12 @@ def _tta_predictions(
     """Average every fold model over TTA_SHIFTS, on its own OOF rows (to measure) and on test."""
     import keras
 
-    from digits.train import predict
+    from digits import folds as folds_lib
 
     cached = run_dir / "tta.npz"
     train = data.load_train(Path(data_dir) / "train.csv")
+    fold_ids = folds_lib.read_folds(run_dir / "folds.csv", train.labels)
+    holdout_rows = np.flatnonzero(fold_ids == folds_lib.HOLDOUT_FOLD)
     test = data.load_test(Path(data_dir) / "test.csv")
     oof_probs = np.zeros((len(oof), data.NUM_CLASSES), np.float32)
     test_probs = []
@@ -225,8 +234,13 @@ def _tta_predictions(
         model = keras.saving.load_model(run_dir / f"fold_{fold}" / "model.keras", safe_mode=True)
         mask = (oof["fold"] == fold).to_numpy()
         rows = oof.loc[mask, "row_id"].to_numpy()
-        oof_probs[mask] = blend([predict(model, shift_images(train.images[rows], *s)) for s in TTA_SHIFTS])
-        test_probs.append(blend([predict(model, shift_images(test, *s)) for s in TTA_SHIFTS]))
+        oof_probs[mask] = tta_probs(model, train.images[rows])
+        test_probs.append(tta_probs(model, test))
+        if holdout_rows.size and not (run_dir / f"fold_{fold}" / "holdout_tta_probs.npy").is_file():
+            # Runs trained before TTA was measured on the holdout: measure it now, once.
+            fileio.write_npy(
+                run_dir / f"fold_{fold}" / "holdout_tta_probs.npy", tta_probs(model, train.images[holdout_rows])
+            )
         log(f"TTA: fold {fold} done ({time.perf_counter() - started:.0f} s)")
         keras.utils.clear_session()
     labels = oof["label"].to_numpy()
@@ -262,11 +276,23 @@ def make_submission(
     else:
         write_submission(to_submission(blended.argmax(axis=1)), path, rows)
     if tta:
+        from digits.report import run_holdout_summary
+
         plain = load_run(run_dir, tta=False, data_dir=data_dir)
         log(
             f"TTA on OOF rows: accuracy {plain.oof_accuracy:.5f} without, {run.oof_accuracy:.5f} with "
             f"({TTA_SHIFTS!r} pixel shifts)"
         )
+        try:
+            holdout = run_holdout_summary(run_dir)
+        except (OSError, ValueError) as error:  # the submission is written; say why this figure is missing
+            log(f"holdout accuracy not measured: {error}")
+            holdout = None
+        if holdout and "tta_ensemble_accuracy" in holdout:
+            log(
+                f"TTA on the {holdout['rows']:,} holdout rows: fold ensemble accuracy "
+                f"{holdout['ensemble_accuracy']:.5f} without, {holdout['tta_ensemble_accuracy']:.5f} with"
+            )
     log(
         f"folds agree on {folds_agree['all_agree']:.4%} of test images ({folds_agree['rows_disputed']} disputed; "
         f"pairwise {folds_agree['pairwise_mean']:.4%})"

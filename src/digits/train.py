@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import datetime as dt
 import fcntl
+import hashlib
 import json
 import os
 import platform
@@ -24,6 +25,7 @@ import random
 import subprocess
 import time
 import warnings
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,11 +130,32 @@ def make_eval_dataset(images: np.ndarray, labels: np.ndarray, batch: int = 512):
     return dataset.map(lambda x, y: (tf.cast(x, tf.float32), y)).prefetch(tf.data.AUTOTUNE)
 
 
-def predict(model, images: np.ndarray, batch: int = 1024) -> np.ndarray:
+_INFERENCE_MODELS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def predict(model, images: np.ndarray, batch: int = 1024, precision: str = "float32") -> np.ndarray:
+    """Class probabilities (N, 10) float32 for uint8 images, through the model's inference copy.
+
+    The copy (batch norms folded into the convs, `models.inference_model`) is kept while the model
+    lives and its weights do not change, so repeated calls (TTA, several sets) build it once.
+    """
     import tensorflow as tf
 
+    from digits.models import inference_model, is_graph_model
+
+    runner = model
+    if is_graph_model(model):  # a subclassed model cannot be rewritten: it predicts as it is
+        digest = hashlib.blake2b(digest_size=16)
+        for weights in model.get_weights():
+            digest.update(weights.tobytes())
+        key = (precision, digest.hexdigest())
+        copies = _INFERENCE_MODELS.setdefault(model, {})
+        if key not in copies:
+            copies.clear()
+            copies[key] = inference_model(model, precision)
+        runner = copies[key]
     dataset = tf.data.Dataset.from_tensor_slices(images).batch(batch).map(lambda x: tf.cast(x, tf.float32))
-    return model.predict(dataset.prefetch(tf.data.AUTOTUNE), verbose=0).astype(np.float32)
+    return runner.predict(dataset.prefetch(tf.data.AUTOTUNE), verbose=0).astype(np.float32)
 
 
 def current_rss_mb() -> float:
@@ -357,7 +380,12 @@ def train_fold(
     val_probs = predict(model, fold_data.val_images)
     predict_seconds = time.perf_counter() - predict_started
     test_probs = predict(model, test_images)
-    holdout_probs = predict(model, holdout_images) if holdout_images is not None and len(holdout_images) else None
+    holdout_probs = holdout_tta_probs = None
+    if holdout_images is not None and len(holdout_images):
+        from digits.submission import tta_probs
+
+        holdout_probs = predict(model, holdout_images)
+        holdout_tta_probs = tta_probs(model, holdout_images)
     monitor.peak_rss_mb = max(monitor.peak_rss_mb, current_rss_mb())
 
     oof = np.zeros(len(val_probs), dtype=[("row_id", "<i8"), ("probs", "<f4", (data.NUM_CLASSES,))])
@@ -366,6 +394,7 @@ def train_fold(
     fileio.write_npy(fold_dir / "test_probs.npy", test_probs)
     if holdout_probs is not None:
         fileio.write_npy(fold_dir / "holdout_probs.npy", holdout_probs)
+        fileio.write_npy(fold_dir / "holdout_tta_probs.npy", holdout_tta_probs)
 
     history = state["history"]
     fold_report = report.fold_report(
@@ -629,7 +658,11 @@ def _cmd_report(args: argparse.Namespace) -> int:
             f"{run_dir} has no run report yet (finished: {', '.join(finished) or 'no fold'}); "
             f"finish its folds with `make train RUN={run_dir.name}`."
         )
-    print(report.format_fold_table(json.loads(path.read_text())))
+    run_report = json.loads(path.read_text())
+    if "holdout" in run_report:
+        # TTA on the holdout may have been measured after the report was written (`make submission TTA=1`).
+        run_report["holdout"] = report.run_holdout_summary(run_dir)
+    print(report.format_fold_table(run_report))
     print(f"report: {run_dir / 'report.html'}")
     return 0
 

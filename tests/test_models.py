@@ -1,0 +1,95 @@
+"""The model registry and the inference copy (batch norm folded, optional bfloat16) used for every prediction."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+from digits import models  # noqa: E402
+from digits.train import _INFERENCE_MODELS, predict  # noqa: E402
+
+
+def _with_trained_statistics(name: str, seed: int = 0) -> keras.Model:
+    """A registry model whose batch norms hold non-trivial statistics and affine weights, as after training."""
+    keras.utils.set_random_seed(seed)
+    model = models.build_model(name)
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            channels = layer.gamma.shape[0]
+            layer.gamma.assign(rng.uniform(0.5, 1.5, channels).astype(np.float32))
+            layer.beta.assign(rng.normal(0, 0.2, channels).astype(np.float32))
+            layer.moving_mean.assign(rng.normal(0, 0.1, channels).astype(np.float32))
+            layer.moving_variance.assign(rng.uniform(0.5, 2.0, channels).astype(np.float32))
+    return model
+
+
+@pytest.mark.parametrize("name", sorted(models.MODELS))
+def test_inference_copy_folds_every_batch_norm_and_predicts_the_same(name, sample_train):
+    model = _with_trained_statistics(name)
+    images = sample_train.images[:300]
+    expected = model.predict(images.astype(np.float32), verbose=0)
+    fast = models.inference_model(model)
+    assert not [layer for layer in fast.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert len(fast.layers) == len(model.layers)
+    np.testing.assert_allclose(fast.predict(images.astype(np.float32), verbose=0), expected, atol=2e-5)
+    # The original model is untouched.
+    np.testing.assert_array_equal(model.predict(images.astype(np.float32), verbose=0), expected)
+
+
+def test_bfloat16_copy_computes_in_bfloat16_and_keeps_a_float32_softmax(sample_train):
+    model = _with_trained_statistics("cnn")
+    fast = models.inference_model(model, "bfloat16")
+    convs = [layer for layer in fast.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert convs and all(layer.compute_dtype == "bfloat16" and layer.variable_dtype == "float32" for layer in convs)
+    assert fast.layers[-1].compute_dtype == "float32"
+    images = sample_train.images[:300]
+    expected, probs = predict(model, images), predict(model, images, precision="bfloat16")
+    assert not np.array_equal(probs, expected)  # really computed another way
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    assert np.abs(probs - expected).max() < 0.1
+    assert (probs.argmax(1) == expected.argmax(1)).mean() >= 0.97
+
+
+def test_only_foldable_batch_norms_are_folded(sample_train):
+    """A conv with its own bias is folded with it; a batch norm after an activation or used twice is kept."""
+    layers = keras.layers
+    inputs = keras.Input(models.INPUT_SHAPE)
+    x = layers.Rescaling(1 / 255)(inputs)
+    x = layers.Conv2D(6, 3, use_bias=True, name="biased")(x)
+    x = layers.BatchNormalization(name="after_biased")(x)
+    x = layers.Conv2D(6, 3, activation="relu", name="activated")(x)
+    x = layers.BatchNormalization(name="after_relu")(x)
+    shared = layers.BatchNormalization(name="shared")
+    a = shared(layers.Conv2D(6, 3, padding="same", use_bias=False, name="left")(x))
+    b = shared(layers.Conv2D(6, 3, padding="same", use_bias=False, name="right")(x))
+    x = layers.GlobalAveragePooling2D()(layers.Add()([a, b]))
+    model = keras.Model(inputs, layers.Dense(10, activation="softmax")(x))
+    rng = np.random.default_rng(3)
+    for weight in model.weights:
+        weight.assign(rng.uniform(0.5, 1.5, weight.shape).astype(np.float32))
+    fast = models.inference_model(model)
+    kept = {layer.name for layer in fast.layers if isinstance(layer, keras.layers.BatchNormalization)}
+    assert kept == {"after_relu", "shared"}
+    images = sample_train.images[:50].astype(np.float32)
+    np.testing.assert_allclose(fast.predict(images, verbose=0), model.predict(images, verbose=0), rtol=1e-4, atol=1e-5)
+
+
+def test_unknown_precision_is_refused():
+    with pytest.raises(ValueError, match="unknown precision 'float16'; choose one of: float32, bfloat16"):
+        models.inference_model(models.build_model("tiny"), "float16")
+
+
+def test_predict_follows_weight_changes(sample_train):
+    """The cached inference copy must never serve weights the model no longer has."""
+    model = _with_trained_statistics("tiny", seed=1)
+    images = sample_train.images[:64]
+    before = predict(model, images)
+    copies = dict(_INFERENCE_MODELS[model])
+    np.testing.assert_array_equal(predict(model, images), before)
+    assert dict(_INFERENCE_MODELS[model]) == copies  # the same copy served again, not rebuilt
+    other = _with_trained_statistics("tiny", seed=2)
+    model.set_weights(other.get_weights())
+    np.testing.assert_allclose(predict(model, images), other.predict(images.astype(np.float32), verbose=0), atol=2e-5)
