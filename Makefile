@@ -74,11 +74,14 @@ predict: .venv ## Top-3 digits for your own pictures, with a <name>.prepared.png
 demo: .venv ## The whole pipeline offline on the bundled sample in a few minutes: data, training, submission, report
 	$(DIGITS) demo
 
-test: .venv ## Run the whole test suite (installs everything first; about 10 minutes on 2 cores)
-	$(BIN)/python -m pytest
+# One worker per core; a test file stays on one worker, so its module fixtures (trained runs) are built once.
+PYTEST_PARALLEL = -n auto --dist loadfile
+
+test: .venv ## Run the whole test suite (installs everything first; about 6 minutes on 2 cores)
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL)
 
 test-fast: .venv ## Run the tests that train nothing (seconds)
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL) -m "not slow"
 
 lint: .venv ## Check style and common bugs with ruff
 	$(BIN)/ruff check src tests

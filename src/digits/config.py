@@ -55,8 +55,9 @@ class Config:
 
 
 PRESETS: dict[str, dict] = {
-    # a smoke run: minutes on 2 cores (the demo uses it on the bundled sample)
-    "quick": {"folds": 3, "epochs": 4},
+    # a smoke run: minutes on 2 cores (the demo uses it on the bundled sample). Batch 64 and a quarter-epoch
+    # warm-up: with 4 epochs the extra steps count (holdout ensemble 0.9910 vs 0.9898, docs/experiments.md)
+    "quick": {"folds": 3, "epochs": 4, "batch": 64, "warmup_epochs": 0.25},
     # the measured default: 5 folds in well under 45 minutes on 2 CPU cores
     "default": {},
     # longer schedules for the best score
