@@ -80,7 +80,7 @@ PYTEST_PARALLEL = -n auto --dist loadfile
 test: .venv ## Run the whole test suite (installs everything first; about 6 minutes on 2 cores)
 	$(BIN)/python -m pytest $(PYTEST_PARALLEL)
 
-test-fast: .venv ## Run the tests that train nothing (seconds)
+test-fast: .venv ## Run the tests that train nothing (1-2 minutes)
 	$(BIN)/python -m pytest $(PYTEST_PARALLEL) -m "not slow"
 
 lint: .venv ## Check style and common bugs with ruff
