@@ -96,8 +96,7 @@ def _prediction_speed(model, test: np.ndarray, log) -> dict:
         probs = run(test)
         return time.perf_counter() - started, probs
 
-    as_float = test.astype(np.float32)
-    plain_seconds, plain_probs = timed(lambda x: model.predict(as_float[: len(x)], verbose=0))
+    plain_seconds, plain_probs = timed(lambda x: model.predict(x.astype(np.float32), verbose=0))
     fp32_seconds, fp32_probs = timed(lambda x: predict(model, x))
     bf16_seconds, bf16_probs = timed(lambda x: predict(model, x, precision="bfloat16"))
     result: dict = {"test_images": int(len(test))}

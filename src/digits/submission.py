@@ -90,11 +90,19 @@ def shift_images(images: np.ndarray, rows: int, columns: int) -> np.ndarray:
     return shifted
 
 
-def tta_probs(model, images: np.ndarray) -> np.ndarray:
-    """A model's probabilities averaged over TTA_SHIFTS of the images (test-time augmentation)."""
+def tta_probs(model, images: np.ndarray, plain: np.ndarray | None = None) -> np.ndarray:
+    """A model's probabilities averaged over TTA_SHIFTS of the images (test-time augmentation).
+
+    `plain`: the model's probabilities for the unshifted images when they are already known (a run
+    stores them), so that view is not predicted again.
+    """
     from digits.train import predict
 
-    return blend([predict(model, shift_images(images, *shift)) for shift in TTA_SHIFTS])
+    views = [
+        plain if shift == (0, 0) and plain is not None else predict(model, shift_images(images, *shift))
+        for shift in TTA_SHIFTS
+    ]
+    return blend(views)
 
 
 def choose_weights(oof_probs: Sequence[np.ndarray], labels: np.ndarray) -> np.ndarray:
@@ -234,12 +242,16 @@ def _tta_predictions(
         model = keras.saving.load_model(run_dir / f"fold_{fold}" / "model.keras", safe_mode=True)
         mask = (oof["fold"] == fold).to_numpy()
         rows = oof.loc[mask, "row_id"].to_numpy()
-        oof_probs[mask] = tta_probs(model, train.images[rows])
-        test_probs.append(tta_probs(model, test))
-        if holdout_rows.size and not (run_dir / f"fold_{fold}" / "holdout_tta_probs.npy").is_file():
+        fold_dir = run_dir / f"fold_{fold}"
+        # The unshifted views are the run's stored predictions (oof.csv keeps float32 exactly).
+        plain_oof = oof.loc[mask, [f"prob_{c}" for c in range(data.NUM_CLASSES)]].to_numpy(np.float32)
+        oof_probs[mask] = tta_probs(model, train.images[rows], plain=plain_oof)
+        test_probs.append(tta_probs(model, test, plain=np.load(fold_dir / "test_probs.npy")))
+        if holdout_rows.size and not (fold_dir / "holdout_tta_probs.npy").is_file():
             # Runs trained before TTA was measured on the holdout: measure it now, once.
+            holdout_plain = np.load(fold_dir / "holdout_probs.npy")
             fileio.write_npy(
-                run_dir / f"fold_{fold}" / "holdout_tta_probs.npy", tta_probs(model, train.images[holdout_rows])
+                fold_dir / "holdout_tta_probs.npy", tta_probs(model, train.images[holdout_rows], plain=holdout_plain)
             )
         log(f"TTA: fold {fold} done ({time.perf_counter() - started:.0f} s)")
         keras.utils.clear_session()
@@ -286,7 +298,10 @@ def make_submission(
         try:
             holdout = run_holdout_summary(run_dir)
         except (OSError, ValueError) as error:  # the submission is written; say why this figure is missing
-            log(f"holdout accuracy not measured: {error}")
+            log(
+                f"holdout accuracy not measured: {error}. The submission above is complete; a fold folder of "
+                f"{run_dir} lacks its holdout predictions, so retrain that fold (a new RUN=<name>) to measure it."
+            )
             holdout = None
         if holdout and "tta_ensemble_accuracy" in holdout:
             log(
