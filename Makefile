@@ -15,7 +15,8 @@ opt = $(if $($(1)),--$(2) '$($(1))')
 download_args = --competition '$(COMPETITION)' $(call opt,SOURCE,source) $(if $(filter 1 yes true,$(FORCE)),--force)
 train_args = $(call opt,PRESET,preset) $(call opt,FOLDS,folds) $(call opt,EPOCHS,epochs) $(call opt,BATCH,batch) \
 	$(call opt,MODEL,model) $(call opt,SEED,seed) $(call opt,RUN,run) $(call opt,ONLY,only) \
-	$(call opt,HOLDOUT,holdout) $(if $(filter 1 yes true,$(DETERMINISTIC)),--deterministic)
+	$(call opt,HOLDOUT,holdout) $(call opt,PSEUDO,pseudo) $(call opt,PSEUDO_CONFIDENCE,pseudo-confidence) \
+	$(if $(filter 1 yes true,$(DETERMINISTIC)),--deterministic)
 
 .PHONY: help .venv download sample test test-fast lint format train report submission ensemble submit submissions \
 	bench predict demo clean
@@ -26,8 +27,8 @@ help: ## List the targets (this text)
 	@grep -E '^[a-zA-Z_.-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}'
 	@echo
 	@echo "Variables: COMPETITION SOURCE FORCE (download); PRESET FOLDS EPOCHS BATCH MODEL SEED RUN ONLY"
-	@echo "           HOLDOUT DETERMINISTIC (train); RUN (report, submission); TTA; RUNS WEIGHTS (ensemble);"
-	@echo "           FILE MESSAGE (submit); IMAGE RUN (predict). See README.md."
+	@echo "           HOLDOUT PSEUDO PSEUDO_CONFIDENCE DETERMINISTIC (train); RUN (report, submission); TTA;"
+	@echo "           RUNS WEIGHTS (ensemble); FILE MESSAGE (submit); IMAGE RUN (predict). See README.md."
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	@echo ">> building $(VENV) from requirements.txt (first time: a few minutes, ~2.5 GB)"
@@ -45,7 +46,7 @@ sample: .venv ## Rebuild data/sample/ from a copy of the competition zip (SOURCE
 	@test -n "$(SOURCE)" || { echo "make sample needs SOURCE=path/to/digit-recognizer.zip"; exit 2; }
 	$(BIN)/python -m digits.sample --source '$(SOURCE)'
 
-train: .venv ## Train the k-fold CNNs (PRESET=quick|default|max FOLDS EPOCHS BATCH MODEL SEED RUN ONLY HOLDOUT)
+train: .venv ## Train the k-fold CNNs (PRESET=quick|default|max FOLDS EPOCHS BATCH MODEL SEED RUN ONLY HOLDOUT PSEUDO)
 	$(DIGITS) train $(train_args)
 
 report: .venv ## Print a run's fold table and the path of its report.html (RUN, default the latest)

@@ -218,6 +218,7 @@ def test_killed_run_resumes_skips_finished_folds_and_completes(sample_dir, tmp_p
     process.wait(timeout=30)
     assert process.returncode == -signal.SIGKILL, "the run ended before it could be interrupted"
     assert killed_after is not None and 2 <= killed_after < epochs
+    assert_no_process_keeps_training(state_path)  # the fold's own process died with its parent
     fold_0 = {p.name: digest(p) for p in (run_dir / "fold_0").iterdir()}
     assert FOLD_FILES <= set(fold_0)
     assert not (run_dir / "fold_1" / "report.json").exists()
@@ -301,3 +302,119 @@ def test_submission_tta_measures_the_holdout_of_a_run_trained_without_it(finishe
     report = run_digits("report", "--run", copy.name, "--runs-dir", copy.parent)
     assert report.returncode == 0, report.stderr
     assert f"with TTA {holdout['tta_ensemble_accuracy']:.4f}" in report.stdout
+
+
+# --- pseudo-labels ---------------------------------------------------------------------------------------------
+
+
+def test_pseudo_labels_of_the_teachers_fold_join_that_folds_training(finished_run, sample_dir, sample_test):
+    """Fold k of the student trains on the test digits that fold k of the teacher predicts with at least the
+    given confidence, labelled with the teacher's digit; its validation rows and the holdout stay the same."""
+    teacher, _ = finished_run
+    teacher_probs = {k: np.load(teacher / f"fold_{k}" / "test_probs.npy") for k in (0, 1)}
+    confidence = float(np.median(teacher_probs[0].max(axis=1)))  # about half of the test digits pass
+    expected = {k: int((teacher_probs[k].max(axis=1) >= confidence).sum()) for k in (0, 1)}
+    assert 0 < expected[0] < len(sample_test)
+
+    args = ("--folds", "2", "--epochs", "1", "--holdout", "0.1", "--run", "student", "--pseudo", teacher.name)
+    result = train_cli(sample_dir, teacher.parent, *args, "--pseudo-confidence", str(confidence))
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    student = teacher.parent / "student"
+    config = json.loads((student / "config.json").read_text())["config"]
+    assert (config["pseudo"], config["pseudo_confidence"]) == (teacher.name, confidence)
+    assert (student / "folds.csv").read_bytes() == (teacher / "folds.csv").read_bytes()
+    for k in (0, 1):
+        assert json.loads((student / f"fold_{k}" / "report.json").read_text())["pseudo_labels"] == expected[k]
+        assert f"+ {expected[k]:,} pseudo-labelled test digits, validating on" in result.stdout
+        oof = np.load(student / f"fold_{k}" / "oof.npy")  # validation rows are the teacher's, no test digit
+        assert np.array_equal(oof["row_id"], np.load(teacher / f"fold_{k}" / "oof.npy")["row_id"])
+    rerun = train_cli(sample_dir, teacher.parent, "--run", "student", "--pseudo-confidence", "0.5")
+    assert rerun.returncode == 2 and "pseudo_confidence: run has" in rerun.stderr  # part of the run's identity
+
+
+@pytest.mark.parametrize(
+    "case, args, message",
+    [
+        ("unknown", ("--pseudo", "nope"), "PSEUDO=nope: no run 'nope' in"),
+        ("other folds", ("--folds", "3", "--pseudo", "r1"), "does not share this run's folds"),
+        ("unfinished", ("--pseudo", "half"), "fold 0 of"),
+    ],
+)
+def test_a_teacher_that_cannot_give_honest_pseudo_labels_is_refused(finished_run, sample_dir, case, args, message):
+    """Refused before anything is created: another split would leak the validation labels through the teacher."""
+    teacher, _ = finished_run
+    runs_dir = teacher.parent
+    if case == "unfinished" and not (runs_dir / "half").exists():
+        (runs_dir / "half").mkdir()
+        for name in ("config.json", "folds.csv"):
+            (runs_dir / "half" / name).write_bytes((teacher / name).read_bytes())
+    run = f"refused-{case.replace(' ', '-')}"
+    result = train_cli(sample_dir, runs_dir, "--folds", "2", "--holdout", "0.1", *args, "--run", run)
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not (runs_dir / run).exists()
+
+
+# --- each fold in its own process ------------------------------------------------------------------------------
+
+
+def test_ctrl_c_stops_the_folds_process_too_and_the_rerun_resumes(sample_dir, tmp_path):
+    """SIGINT to the process group (Ctrl-C in a terminal): exit 130 with the resume hint, no process left training."""
+    runs_dir = tmp_path / "runs"
+    epochs = 12
+    command = digits_command(*tiny_train_args(sample_dir, runs_dir, "--folds", "2", "--epochs", epochs, "--run", "r"))
+    state_path = runs_dir / "r" / "fold_0" / "backup" / "state.json"
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal's foreground job
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # not ignored, as under `cmd &`
+    )
+    for line in process.stdout:
+        if "epoch  3/" in line:
+            os.killpg(process.pid, signal.SIGINT)
+            break
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr[-3000:]
+    assert "interrupted; rerun the same command to resume." in stderr
+    assert_no_process_keeps_training(state_path)
+
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    resumed_at = int(result.stdout.split("resuming after epoch ")[1].split("/")[0])
+    assert 3 <= resumed_at < epochs
+    assert pd.read_csv(runs_dir / "r" / "fold_0" / "history.csv")["epoch"].tolist() == list(range(1, epochs + 1))
+
+
+def assert_no_process_keeps_training(state_path: Path, seconds: float = 3.0) -> None:
+    """The fold's state.json is committed every epoch (well under a second with the tiny model): it must not
+    change once `make train` is gone, or an orphaned fold process would race the rerun."""
+    before = state_path.read_bytes()
+    time.sleep(seconds)
+    assert state_path.read_bytes() == before, "a fold's process is still training after its parent ended"
+
+
+def test_a_full_disk_inside_a_folds_process_is_a_clear_error_and_the_rerun_resumes(sample_dir, tmp_path):
+    """The fold's own process fails (its oof.npy, 72 KB, cannot be written under a 68 KB limit): the parent
+    reports the disk-full message, not a traceback, and the rerun finishes the fold."""
+    import resource
+
+    def limit_file_size() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (68 << 10, 68 << 10))  # the weights files (~60 KB) fit
+
+    runs_dir = tmp_path / "runs"
+    args = tiny_train_args(sample_dir, runs_dir, "--folds", "2", "--epochs", "1", "--run", "r")
+    result = run_digits(*args, preexec_fn=limit_file_size)
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-3000:]
+    assert f"error: the disk is full while writing {runs_dir / 'r' / 'fold_0' / 'oof.npy'}" in result.stderr
+    assert "Free some space and rerun" in result.stderr and "Traceback" not in result.stderr
+    assert not (runs_dir / "r" / "fold_0" / "report.json").exists()
+
+    rerun = run_digits(*args)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "fold 1/2: resuming after epoch 1/1" in rerun.stdout
+    assert json.loads((runs_dir / "r" / "report.json").read_text())["oof_rows"] == 3000

@@ -1,3 +1,4 @@
 from digits.cli import main
 
-raise SystemExit(main())
+if __name__ == "__main__":  # not when a fold's training process (multiprocessing spawn) imports it
+    raise SystemExit(main())

@@ -37,6 +37,11 @@ class Config:
     zoom: float = 0.1
     shift: float = 0.1
     deterministic: bool = False
+    # pseudo-labels: the test digits that a finished run (the teacher) predicts with at least this confidence join
+    # each fold's training rows, labelled with the teacher's digit. Fold k learns only from the teacher's fold k,
+    # which never saw fold k's validation rows or the holdout, so the OOF and holdout figures stay honest.
+    pseudo: str | None = None
+    pseudo_confidence: float = 0.99
     # which folds this process trains; not part of the run's identity (folds of one run may be
     # trained by different processes or machines)
     only: tuple[int, ...] | None = field(default=None, compare=False)
@@ -128,6 +133,7 @@ def _convert(key: str, raw, annotation):
 def _resolve_type(annotation) -> type:
     hints = {"int": int, "float": float, "str": str, "bool": bool}
     if isinstance(annotation, str):
+        annotation = annotation.removesuffix(" | None")
         if annotation in hints:
             return hints[annotation]
         if annotation.startswith("tuple"):
@@ -162,6 +168,13 @@ def validate(config: Config) -> None:
         fail(f"warmup_epochs={config.warmup_epochs} must be between 0 and EPOCHS={config.epochs}")
     if not 0.0 <= config.label_smoothing < 1.0:
         fail(f"label_smoothing={config.label_smoothing} must be in [0, 1)")
+    if config.pseudo is not None and not config.pseudo.strip():
+        fail("PSEUDO is empty: give the name of a finished run whose test predictions become pseudo-labels")
+    if not 0.0 < config.pseudo_confidence <= 1.0:
+        fail(
+            f"pseudo_confidence={config.pseudo_confidence} must be in (0, 1]: a test digit becomes a "
+            f"pseudo-label when the teacher's probability for its digit is at least this (0.99 is the default)"
+        )
     for name in ("rotation", "zoom", "shift"):
         if getattr(config, name) < 0:
             fail(f"{name}={getattr(config, name)} must not be negative")

@@ -55,6 +55,7 @@ class FoldData:
     val_images: np.ndarray
     val_labels: np.ndarray
     val_row_ids: np.ndarray
+    pseudo_count: int = 0  # pseudo-labelled test digits at the end of train_images/train_labels
 
 
 def available_cores() -> int:
@@ -156,6 +157,14 @@ def predict(model, images: np.ndarray, batch: int = 1024, precision: str = "floa
         runner = copies[key]
     dataset = tf.data.Dataset.from_tensor_slices(images).batch(batch).map(lambda x: tf.cast(x, tf.float32))
     return runner.predict(dataset.prefetch(tf.data.AUTOTUNE), verbose=0).astype(np.float32)
+
+
+def peak_rss_mb() -> float:
+    """The high-water mark of this process's resident memory, in MB (each fold runs in its own process)."""
+    import resource
+
+    scale = 1e6 if platform.system() == "Darwin" else 1e3  # bytes on macOS, kilobytes on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
 
 
 def current_rss_mb() -> float:
@@ -354,9 +363,11 @@ def train_fold(
             f"{state['best_epoch']}, val_acc {state['best_val_accuracy']:.4f})"
         )
     else:
+        labelled = len(fold_data.train_labels) - fold_data.pseudo_count
+        pseudo = f" + {fold_data.pseudo_count:,} pseudo-labelled test digits" if config.pseudo else ""
         log(
             f"{label}: training {model.name} ({model.count_params():,} parameters) on "
-            f"{len(fold_data.train_labels):,} images, validating on {len(fold_data.val_labels):,}"
+            f"{labelled:,} images{pseudo}, validating on {len(fold_data.val_labels):,}"
         )
 
     train_ds = make_train_dataset(fold_data.train_images, fold_data.train_labels, config, seed=config.seed + fold)
@@ -386,7 +397,7 @@ def train_fold(
 
         holdout_probs = predict(model, holdout_images)
         holdout_tta_probs = tta_probs(model, holdout_images, plain=holdout_probs)
-    monitor.peak_rss_mb = max(monitor.peak_rss_mb, current_rss_mb())
+    monitor.peak_rss_mb = max(monitor.peak_rss_mb, current_rss_mb(), peak_rss_mb())
 
     oof = np.zeros(len(val_probs), dtype=[("row_id", "<i8"), ("probs", "<f4", (data.NUM_CLASSES,))])
     oof["row_id"], oof["probs"] = fold_data.val_row_ids, val_probs
@@ -409,6 +420,8 @@ def train_fold(
         peak_rss_mb=monitor.peak_rss_mb,
         parameters=model.count_params(),
     )
+    if config.pseudo:
+        fold_report["pseudo_labels"] = fold_data.pseudo_count
     report.fold_pictures(
         fold_dir, history, fold_report, fold_data.val_images, fold_data.val_labels, val_probs, fold_data.val_row_ids
     )
@@ -528,6 +541,167 @@ def load_fold_data(train: data.TrainData, fold_ids: np.ndarray, fold: int) -> Fo
     )
 
 
+def pseudo_teacher(config: Config, run_dir: Path, fold_ids: np.ndarray, test_rows: int) -> Path | None:
+    """The teacher run of `config.pseudo`, checked: a different run with the same folds, whose folds to be used
+    are finished and predicted this many test rows. None when pseudo-labelling is off."""
+    if not config.pseudo:
+        return None
+    try:
+        teacher = resolve_run_dir(config.pseudo, Path(run_dir).parent)
+    except RunError as error:
+        raise RunError(f"PSEUDO={config.pseudo}: {error}") from None
+    if teacher.resolve() == Path(run_dir).resolve():
+        raise RunError(f"PSEUDO={config.pseudo} is the run being trained; name another, finished run.")
+    teacher_folds = teacher / "folds.csv"
+    if not teacher_folds.is_file() or not np.array_equal(_read_fold_column(teacher_folds), fold_ids):
+        raise RunError(
+            f"PSEUDO={config.pseudo}: {teacher} does not share this run's folds ({teacher_folds}), so its "
+            f"predictions would carry the labels of this run's validation rows into training. Train the "
+            f"student with the teacher's FOLDS, SEED and HOLDOUT."
+        )
+    for fold in config.fold_ids():
+        path = teacher / f"fold_{fold}" / "test_probs.npy"
+        if not fold_is_finished(teacher, fold) or not path.is_file():
+            raise RunError(
+                f"PSEUDO={config.pseudo}: fold {fold} of {teacher} is not finished ({path} is missing); "
+                f"finish it with `make train RUN={teacher.name}` first."
+            )
+        shape = np.load(path, mmap_mode="r").shape
+        if shape != (test_rows, data.NUM_CLASSES):
+            raise RunError(
+                f"PSEUDO={config.pseudo}: {path} holds {shape[0]} test predictions, this test.csv has "
+                f"{test_rows} rows; the teacher was trained for other data."
+            )
+    return teacher
+
+
+def _read_fold_column(path: Path) -> np.ndarray:
+    import pandas as pd
+
+    return pd.read_csv(path, usecols=["fold"])["fold"].to_numpy(dtype=np.int64)
+
+
+def add_pseudo_labels(
+    fold_data: FoldData, teacher: Path, fold: int, test_images: np.ndarray, confidence: float
+) -> FoldData:
+    """Append the test digits that the teacher's fold `fold` predicts with at least `confidence`."""
+    probs = np.load(teacher / f"fold_{fold}" / "test_probs.npy")
+    keep = probs.max(axis=1) >= confidence
+    return FoldData(
+        np.concatenate([fold_data.train_images, test_images[keep]]),
+        np.concatenate([fold_data.train_labels, probs[keep].argmax(axis=1).astype(fold_data.train_labels.dtype)]),
+        fold_data.val_images,
+        fold_data.val_labels,
+        fold_data.val_row_ids,
+        pseudo_count=int(keep.sum()),
+    )
+
+
+# Every fold trains in a fresh process, so no memory a fold's TensorFlow state leaves behind (graphs,
+# tf.data buffers, allocator caches) reaches the next fold: peak RSS is the same for every fold by
+# construction. The parent holds the run lock, the data and the loop; the child sends its progress lines
+# and then its report (or the exception it raised) back through a pipe.
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Make this process end when `parent_pid` does, so a killed `make train` leaves no orphan training."""
+    import signal
+    import sys
+    import threading
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            PR_SET_PDEATHSIG = 1
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:  # the parent died before the line above took effect
+        os._exit(1)
+
+    def watch() -> None:  # other systems (and a second line of defence)
+        while os.getppid() == parent_pid:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+class _PipeLog:
+    def __init__(self, connection):
+        self.connection = connection
+
+    def __call__(self, line: str) -> None:
+        self.connection.send(("log", line))
+
+
+def _fold_child(connection, parent_pid: int, later_folds: int, args: tuple) -> None:
+    """Entry point of a fold's process: train the fold, send back ("done", report) or ("error", exception)."""
+    import pickle
+    import traceback
+
+    _die_with_parent(parent_pid)
+    log = _PipeLog(connection)
+    started = time.perf_counter()
+
+    def eta_after(fold_remaining: float) -> str:
+        # run ETA: this fold's remainder + the later folds at this fold's projected length
+        later = later_folds * (time.perf_counter() - started + fold_remaining)
+        return f"fold {_format_seconds(fold_remaining)}, run {_format_seconds(fold_remaining + later)}"
+
+    try:
+        configure_tensorflow(args[0])
+        connection.send(("done", train_fold(*args, log=log, eta_after=eta_after)))
+    except BaseException as error:  # noqa: BLE001 (every failure goes back to the parent, which decides)
+        trace = traceback.format_exc()
+        try:
+            pickle.dumps(error)
+        except Exception:  # noqa: BLE001 (an exception that cannot cross processes: send its text)
+            error = RuntimeError(f"{type(error).__name__}: {error}")
+        if not isinstance(error, (KeyboardInterrupt, OSError, ConfigError, RunError)):
+            error.add_note(f"in the training process of the fold:\n{trace}")
+        with contextlib.suppress(OSError):
+            connection.send(("error", error))
+    finally:
+        connection.close()
+
+
+def train_fold_in_child(*args, later_folds: int = 0, log: Callable[[str], None] = print) -> dict:
+    """`train_fold(*args)` in a fresh process; its progress lines go to `log`, its exceptions are re-raised."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")  # fork would copy this process's TensorFlow state
+    receive, send = context.Pipe(duplex=False)
+    fold = args[1]
+    child = context.Process(
+        target=_fold_child, args=(send, os.getpid(), later_folds, args), name=f"digits-fold-{fold}", daemon=True
+    )
+    child.start()
+    send.close()  # the child holds the only write end: EOF below means it is gone
+    try:
+        while True:
+            try:
+                kind, payload = receive.recv()
+            except EOFError:
+                child.join()
+                raise RunError(
+                    f"the process training fold {fold} ended without finishing it (exit code {child.exitcode}"
+                    f"{'; killed by signal ' + str(-child.exitcode) if (child.exitcode or 0) < 0 else ''}). "
+                    f"If the machine ran out of memory, try a smaller BATCH. Rerun the same command to resume "
+                    f"the fold from its last completed epoch."
+                ) from None
+            if kind == "log":
+                log(payload)
+            elif kind == "error":
+                raise payload
+            else:
+                return payload
+    finally:
+        if child.is_alive():  # interrupted here (Ctrl-C) or an error: stop the fold's process too
+            child.terminate()
+        child.join()
+        receive.close()
+
+
 def train_run(
     config: Config, run_dir: Path, data_dir: Path = paths.RAW_DIR, log: Callable[[str], None] = print
 ) -> dict | None:
@@ -544,6 +718,7 @@ def train_run(
         fold_ids = folds.read_folds(folds_path, train.labels)
     else:
         fold_ids = folds.assign_folds(train.labels, config.folds, config.seed, config.holdout)
+    teacher = pseudo_teacher(config, run_dir, fold_ids, len(test_images)) if needs_training else None
     with run_lock(run_dir):
         prepare_run(run_dir, config, data_dir)
         if not folds_path.exists():
@@ -552,9 +727,9 @@ def train_run(
         if not todo:
             log(f"{run_dir}: folds {','.join(map(str, config.fold_ids()))} are finished; nothing to train.")
         else:
-            configure_tensorflow(config)
             if test_images is None:  # a fold's report.json was removed since the check above
                 test_images = data.load_test(Path(data_dir) / "test.csv")
+                teacher = pseudo_teacher(config, run_dir, fold_ids, len(test_images))
             holdout_images = train.images[fold_ids == folds.HOLDOUT_FOLD]
             skipped = [fold for fold in config.fold_ids() if fold not in todo]
             if skipped:
@@ -565,23 +740,18 @@ def train_run(
             )
             run_started = time.perf_counter()
             for position, fold in enumerate(todo):
-                fold_started = time.perf_counter()
-
-                def eta_after(fold_remaining: float, position=position, fold_started=fold_started) -> str:
-                    # run ETA: this fold's remainder + later folds at this fold's projected length
-                    elapsed = time.perf_counter() - fold_started
-                    later = (len(todo) - position - 1) * (elapsed + fold_remaining)
-                    return f"fold {_format_seconds(fold_remaining)}, run {_format_seconds(fold_remaining + later)}"
-
-                train_fold(
+                fold_data = load_fold_data(train, fold_ids, fold)
+                if teacher is not None:
+                    fold_data = add_pseudo_labels(fold_data, teacher, fold, test_images, config.pseudo_confidence)
+                train_fold_in_child(
                     config,
                     fold,
-                    load_fold_data(train, fold_ids, fold),
+                    fold_data,
                     test_images,
                     holdout_images,
                     run_dir / f"fold_{fold}",
+                    later_folds=len(todo) - position - 1,
                     log=log,
-                    eta_after=eta_after,
                 )
             log(f"trained {len(todo)} fold(s) in {_format_seconds(time.perf_counter() - run_started)}")
         finished = [fold for fold in range(config.folds) if fold_is_finished(run_dir, fold)]
@@ -622,7 +792,8 @@ def resolve_run_dir(run: str | None, runs_dir: Path = paths.RUNS_DIR) -> Path:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    overrides = {key: getattr(args, key) for key in ("folds", "epochs", "batch", "model", "seed", "only", "holdout")}
+    keys = ("folds", "epochs", "batch", "model", "seed", "only", "holdout", "pseudo", "pseudo_confidence")
+    overrides = {key: getattr(args, key) for key in keys}
     overrides["deterministic"] = True if args.deterministic else None
     for item in args.set or []:
         key, _, value = item.partition("=")
@@ -679,6 +850,8 @@ def register_commands(commands) -> None:
     train.add_argument("--seed")
     train.add_argument("--only", help="train only these folds, e.g. 0,2")
     train.add_argument("--holdout", help="fraction of train.csv kept out of every fold, e.g. 0.1")
+    train.add_argument("--pseudo", help="a finished run (same folds) whose confident test predictions join training")
+    train.add_argument("--pseudo-confidence", help="teacher probability needed for a pseudo-label (default 0.99)")
     train.add_argument("--deterministic", action="store_true")
     train.add_argument("--set", action="append", metavar="KEY=VALUE", help="any other config field")
     train.add_argument("--run", default=None, help="run name (default: a timestamp)")
