@@ -73,6 +73,10 @@ def test_presets_resolve_and_overrides_are_typed():
 def test_config_round_trips_through_json():
     config = config_lib.resolve("max", {"only": "1"})
     assert config_lib.from_dict(config.to_dict()) == config
+    student = config_lib.resolve("default", {"pseudo": "teacher", "pseudo_confidence": "0.999"})
+    assert (student.pseudo, student.pseudo_confidence) == ("teacher", 0.999)
+    assert config_lib.from_dict(student.to_dict()) == student
+    assert student.identity() != config_lib.resolve("default", {"pseudo": "other"}).identity()
 
 
 @pytest.mark.parametrize(
@@ -90,6 +94,9 @@ def test_config_round_trips_through_json():
         ("default", {"holdout": "-0.1"}, r"HOLDOUT=-0.1: the holdout is a fraction of train.csv in \[0, 0.5\)"),
         ("default", {"batch": "0"}, "BATCH=0"),
         ("default", {"augment": "maybe"}, "augment='maybe' is not true or false"),
+        ("default", {"pseudo": " "}, "PSEUDO is empty: give the name of a finished run"),
+        ("default", {"pseudo": "t", "pseudo_confidence": "0"}, r"pseudo_confidence=0.0 must be in \(0, 1\]"),
+        ("default", {"pseudo_confidence": "high"}, "pseudo_confidence='high' is not a number"),
     ],
 )
 def test_bad_config_is_refused_with_a_clear_message(preset, overrides, message):

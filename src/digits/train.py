@@ -635,8 +635,11 @@ class _PipeLog:
 
 
 def _fold_child(connection, parent_pid: int, later_folds: int, args: tuple) -> None:
-    """Entry point of a fold's process: train the fold, send back ("done", report) or ("error", exception)."""
-    import pickle
+    """Entry point of a fold's process: train the fold, send back ("done", report) or ("error", exception).
+
+    Errors the command line explains (a full disk, bad data or config, Ctrl-C) go back as they are; any
+    other goes back as a RuntimeError carrying the fold process's traceback, which the parent would not see.
+    """
     import traceback
 
     _die_with_parent(parent_pid)
@@ -652,13 +655,11 @@ def _fold_child(connection, parent_pid: int, later_folds: int, args: tuple) -> N
         configure_tensorflow(args[0])
         connection.send(("done", train_fold(*args, log=log, eta_after=eta_after)))
     except BaseException as error:  # noqa: BLE001 (every failure goes back to the parent, which decides)
-        trace = traceback.format_exc()
-        try:
-            pickle.dumps(error)
-        except Exception:  # noqa: BLE001 (an exception that cannot cross processes: send its text)
-            error = RuntimeError(f"{type(error).__name__}: {error}")
-        if not isinstance(error, (KeyboardInterrupt, OSError, ConfigError, RunError)):
-            error.add_note(f"in the training process of the fold:\n{trace}")
+        if not isinstance(error, (KeyboardInterrupt, OSError, ConfigError, RunError, data.DataError)):
+            error = RuntimeError(
+                f"training fold {args[1]} failed in its process with {type(error).__name__}: {error}\n"
+                f"{traceback.format_exc()}"
+            )
         with contextlib.suppress(OSError):
             connection.send(("error", error))
     finally:
