@@ -418,3 +418,19 @@ def test_a_full_disk_inside_a_folds_process_is_a_clear_error_and_the_rerun_resum
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "fold 1/2: resuming after epoch 1/1" in rerun.stdout
     assert json.loads((runs_dir / "r" / "report.json").read_text())["oof_rows"] == 3000
+
+
+def test_the_peak_memory_of_a_process_started_for_a_fold_is_its_own():
+    """A fold's peak RSS is measured in its process; a spawned process must not report its parent's peak
+    (getrusage's ru_maxrss does: exec keeps the forked image's high-water mark)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from digits import train
+
+    ballast = np.ones(300_000_000, dtype=np.uint8)  # 300 MB resident in this process only
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        child_peak = pool.submit(train.peak_rss_mb).result(timeout=120)
+    assert train.peak_rss_mb() >= 300
+    assert 0 < child_peak < 250
+    del ballast
