@@ -635,6 +635,17 @@ def _die_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
+def _return_freed_memory() -> None:
+    """Give the OS back the heap pages that parsing the CSVs freed (about 300 MB that glibc would keep):
+    this process only waits for the fold processes from here on. A no-op where glibc is not the C library."""
+    import ctypes
+    import sys
+
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 class _PipeLog:
     def __init__(self, connection):
         self.connection = connection
@@ -748,6 +759,7 @@ def train_run(
                 f"run {run_dir.name}: {config.model} x {len(todo)} fold(s), {config.epochs} epochs, batch "
                 f"{config.batch}, {available_cores()} core(s); artifacts in {run_dir}"
             )
+            _return_freed_memory()
             run_started = time.perf_counter()
             for position, fold in enumerate(todo):
                 fold_data = load_fold_data(train, fold_ids, fold)
