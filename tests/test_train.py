@@ -6,6 +6,7 @@ These train real (tiny) models through the command line, so they are marked slow
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -212,13 +213,18 @@ def test_killed_run_resumes_skips_finished_folds_and_completes(sample_dir, tmp_p
             except (json.JSONDecodeError, OSError):
                 killed_after = None  # caught between writes: look again
             if killed_after and killed_after >= 2:
+                fold_processes = child_processes(process.pid)
                 os.kill(process.pid, signal.SIGKILL)
                 break
         time.sleep(0.02)
     process.wait(timeout=30)
     assert process.returncode == -signal.SIGKILL, "the run ended before it could be interrupted"
     assert killed_after is not None and 2 <= killed_after < epochs
-    assert_no_process_keeps_training(state_path)  # the fold's own process died with its parent
+    assert fold_processes, "the fold did not train in a process of its own"
+    # The fold's own process died with its parent: it commits no further epoch, and it is gone. (An orphan
+    # would commit its current epoch before failing to report it to the dead parent, so look first.)
+    assert_no_process_keeps_training(state_path)
+    assert_gone(fold_processes)
     fold_0 = {p.name: digest(p) for p in (run_dir / "fold_0").iterdir()}
     assert FOLD_FILES <= set(fold_0)
     assert not (run_dir / "fold_1" / "report.json").exists()
@@ -390,6 +396,31 @@ def test_ctrl_c_stops_the_folds_process_too_and_the_rerun_resumes(sample_dir, tm
     assert pd.read_csv(runs_dir / "r" / "fold_0" / "history.csv")["epoch"].tolist() == list(range(1, epochs + 1))
 
 
+def child_processes(pid: int) -> list[int]:
+    """The pids of a process's children (Linux /proc)."""
+    children = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            children += [int(child) for child in (task / "children").read_text().split()]
+    return children
+
+
+def assert_gone(pids: list[int], seconds: float = 5.0) -> None:
+    deadline = time.monotonic() + seconds
+    alive = pids
+    while alive and time.monotonic() < deadline:
+        alive = [pid for pid in alive if Path(f"/proc/{pid}").exists() and "Z" not in process_state(pid)]
+        time.sleep(0.1)
+    assert not alive, f"process(es) {alive} outlived the killed `make train`"
+
+
+def process_state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "gone"
+
+
 def assert_no_process_keeps_training(state_path: Path, seconds: float = 3.0) -> None:
     """The fold's state.json is committed every epoch (well under a second with the tiny model): it must not
     change once `make train` is gone, or an orphaned fold process would race the rerun."""
@@ -421,6 +452,7 @@ def test_a_full_disk_inside_a_folds_process_is_a_clear_error_and_the_rerun_resum
     assert json.loads((runs_dir / "r" / "report.json").read_text())["oof_rows"] == 3000
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM is read from Linux /proc")
 def test_the_peak_memory_of_a_process_started_for_a_fold_is_its_own():
     """A fold's peak RSS is measured in its process; a spawned process must not report its parent's peak
     (getrusage's ru_maxrss does: exec keeps the forked image's high-water mark)."""
@@ -435,3 +467,36 @@ def test_the_peak_memory_of_a_process_started_for_a_fold_is_its_own():
     assert train.peak_rss_mb() >= 300
     assert 0 < child_peak < 250
     del ballast
+
+
+def test_pseudo_labels_are_the_teachers_confident_digits_with_their_images(tmp_path):
+    from digits import train
+
+    teacher = tmp_path / "teacher"
+    (teacher / "fold_1").mkdir(parents=True)
+    probs = np.full((5, 10), 0.01, dtype=np.float32)
+    for row, (digit, confidence) in enumerate([(3, 0.91), (7, 0.98), (0, 0.5), (9, 0.99), (7, 0.2)]):
+        probs[row, digit] = confidence
+    np.save(teacher / "fold_1" / "test_probs.npy", probs)
+    test_images = np.arange(5 * 28 * 28, dtype=np.uint8).reshape(5, 28, 28, 1)
+    labelled = train.FoldData(
+        np.zeros((2, 28, 28, 1), np.uint8), np.array([4, 5]), np.ones((1, 28, 28, 1), np.uint8), np.array([1]), [9]
+    )
+
+    result = train.add_pseudo_labels(labelled, teacher, 1, test_images, confidence=0.9)
+
+    assert result.train_labels.tolist() == [4, 5, 3, 7, 9]  # the labelled rows, then test rows 0, 1 and 3
+    assert np.array_equal(result.train_images[2:], test_images[[0, 1, 3]])
+    assert np.array_equal(result.train_images[:2], labelled.train_images)
+    assert result.val_row_ids == [9] and result.pseudo_count == 3
+    assert result.pseudo_source["count"] == 3 and len(result.pseudo_source["sha256"]) == 64
+
+    # A fold resumes only with the pseudo-labels it started with.
+    started = {"epoch": 2, "pseudo": result.pseudo_source}
+    train.check_resumed_pseudo_labels(started, result, "fold 2/5")
+    train.check_resumed_pseudo_labels({"epoch": 0}, result, "fold 2/5")  # not started yet: anything goes
+    probs[4, 7] = 0.95  # the teacher's fold was retrained: one more confident digit
+    np.save(teacher / "fold_1" / "test_probs.npy", probs)
+    changed = train.add_pseudo_labels(labelled, teacher, 1, test_images, confidence=0.9)
+    with pytest.raises(train.RunError, match="fold 2/5 was started with pseudo-labels from .*teacher.*have changed"):
+        train.check_resumed_pseudo_labels(started, changed, "fold 2/5")

@@ -7,11 +7,10 @@ without a traceback.
 from __future__ import annotations
 
 import argparse
-import errno
 import sys
 from pathlib import Path
 
-from digits import paths
+from digits import fileio, paths
 
 
 class UserError(Exception):
@@ -87,6 +86,8 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if hasattr(sys.stdout, "reconfigure"):  # progress lines appear as they come, also through `| tee log`
+        sys.stdout.reconfigure(line_buffering=True)
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except OSError as error:
-        if error.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        if error.errno not in fileio.DISK_FULL_ERRNOS:
             raise
         where = f" while writing {error.filename}" if error.filename else ""
         print(

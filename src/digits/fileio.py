@@ -24,7 +24,7 @@ def _current_umask() -> int:
 
 
 _UMASK = _current_umask()
-_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # what a full disk looks like
 
 
 @contextlib.contextmanager
@@ -47,7 +47,7 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, final)
         _fsync_dir(final.parent)
     except OSError as error:
-        if error.errno in _DISK_FULL and not error.filename:
+        if error.errno in DISK_FULL_ERRNOS and not error.filename:
             error.filename = str(final)  # a failed write() names no file; the user knows the final name
         raise
     finally:

@@ -56,6 +56,7 @@ class FoldData:
     val_labels: np.ndarray
     val_row_ids: np.ndarray
     pseudo_count: int = 0  # pseudo-labelled test digits at the end of train_images/train_labels
+    pseudo_source: dict | None = None  # where they come from: the teacher's file, its digest, the count
 
 
 def available_cores() -> int:
@@ -185,7 +186,8 @@ def current_rss_mb() -> float:
     except (OSError, ValueError):
         import resource
 
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3
+        scale = 1e6 if platform.system() == "Darwin" else 1e3  # ru_maxrss: bytes on macOS, kilobytes elsewhere
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
 
 
 def _format_seconds(seconds: float) -> str:
@@ -355,6 +357,8 @@ def train_fold(
         if config.only is None
         else f"fold {fold} ({config.fold_ids().index(fold) + 1}/{len(config.fold_ids())})"
     )
+    check_resumed_pseudo_labels(state, fold_data, label)
+    state["pseudo"] = fold_data.pseudo_source  # saved with the state at every epoch end
     steps_per_epoch = int(np.ceil(len(fold_data.train_labels) / config.batch))
 
     with distribution_strategy().scope():
@@ -431,6 +435,7 @@ def train_fold(
     )
     if config.pseudo:
         fold_report["pseudo_labels"] = fold_data.pseudo_count
+        fold_report["pseudo_source"] = fold_data.pseudo_source
     report.fold_pictures(
         fold_dir, history, fold_report, fold_data.val_images, fold_data.val_labels, val_probs, fold_data.val_row_ids
     )
@@ -593,8 +598,11 @@ def _read_fold_column(path: Path) -> np.ndarray:
 def add_pseudo_labels(
     fold_data: FoldData, teacher: Path, fold: int, test_images: np.ndarray, confidence: float
 ) -> FoldData:
-    """Append the test digits that the teacher's fold `fold` predicts with at least `confidence`."""
-    probs = np.load(teacher / f"fold_{fold}" / "test_probs.npy")
+    """Append the test digits that the teacher's fold `fold` predicts with at least `confidence`, labelled
+    with the teacher's digit; `pseudo_source` identifies the teacher's predictions (a resumed fold checks it)."""
+    path = teacher / f"fold_{fold}" / "test_probs.npy"
+    raw = path.read_bytes()
+    probs = np.load(path)
     keep = probs.max(axis=1) >= confidence
     return FoldData(
         np.concatenate([fold_data.train_images, test_images[keep]]),
@@ -603,6 +611,25 @@ def add_pseudo_labels(
         fold_data.val_labels,
         fold_data.val_row_ids,
         pseudo_count=int(keep.sum()),
+        pseudo_source={
+            "file": str(path),
+            "sha256": hashlib.sha256(raw).hexdigest(),
+            "confidence": confidence,
+            "count": int(keep.sum()),
+        },
+    )
+
+
+def check_resumed_pseudo_labels(state: dict, fold_data: FoldData, label: str) -> None:
+    """A fold resumes only with the pseudo-labels it started with: other ones would change its data and its
+    steps per epoch (so its learning-rate schedule) in the middle of training."""
+    if state["epoch"] == 0 or state.get("pseudo") == fold_data.pseudo_source:
+        return
+    started = (state.get("pseudo") or {}).get("file", "no pseudo-labels")
+    raise RunError(
+        f"{label} was started with pseudo-labels from {started}, and the teacher's predictions have changed "
+        f"since (another file, digest or count). Restore the teacher run as it was, or start a new run with "
+        f"RUN=<new name>."
     )
 
 
@@ -657,8 +684,9 @@ class _PipeLog:
 def _fold_child(connection, parent_pid: int, later_folds: int, args: tuple) -> None:
     """Entry point of a fold's process: train the fold, send back ("done", report) or ("error", exception).
 
-    Errors the command line explains (a full disk, bad data or config, Ctrl-C) go back as they are; any
-    other goes back as a RuntimeError carrying the fold process's traceback, which the parent would not see.
+    Errors the command line explains (a full disk, bad data or config) go back as they are; any other goes
+    back as a RuntimeError carrying this process's traceback, which the parent would not see otherwise.
+    SIGINT is ignored here (inherited from the parent at start): on Ctrl-C the parent stops this process.
     """
     import traceback
 
@@ -675,13 +703,21 @@ def _fold_child(connection, parent_pid: int, later_folds: int, args: tuple) -> N
         configure_tensorflow(args[0])
         connection.send(("done", train_fold(*args, log=log, eta_after=eta_after)))
     except BaseException as error:  # noqa: BLE001 (every failure goes back to the parent, which decides)
-        if not isinstance(error, (KeyboardInterrupt, OSError, ConfigError, RunError, data.DataError)):
-            error = RuntimeError(
+        explained = (ConfigError, RunError, data.DataError)
+        disk_full = isinstance(error, OSError) and error.errno in fileio.DISK_FULL_ERRNOS
+        failure = (
+            error
+            if disk_full or isinstance(error, explained)
+            else RuntimeError(
                 f"training fold {args[1]} failed in its process with {type(error).__name__}: {error}\n"
                 f"{traceback.format_exc()}"
             )
-        with contextlib.suppress(OSError):
-            connection.send(("error", error))
+        )
+        try:
+            connection.send(("error", failure))
+        except Exception:  # noqa: BLE001 (it did not pickle: send its text)
+            with contextlib.suppress(OSError):
+                connection.send(("error", RuntimeError(f"{type(error).__name__}: {error}\n{traceback.format_exc()}")))
     finally:
         connection.close()
 
@@ -689,6 +725,8 @@ def _fold_child(connection, parent_pid: int, later_folds: int, args: tuple) -> N
 def train_fold_in_child(*args, later_folds: int = 0, log: Callable[[str], None] = print) -> dict:
     """`train_fold(*args)` in a fresh process; its progress lines go to `log`, its exceptions are re-raised."""
     import multiprocessing
+    import signal
+    import threading
 
     context = multiprocessing.get_context("spawn")  # fork would copy this process's TensorFlow state
     receive, send = context.Pipe(duplex=False)
@@ -696,9 +734,17 @@ def train_fold_in_child(*args, later_folds: int = 0, log: Callable[[str], None] 
     child = context.Process(
         target=_fold_child, args=(send, os.getpid(), later_folds, args), name=f"digits-fold-{fold}", daemon=True
     )
-    child.start()
-    send.close()  # the child holds the only write end: EOF below means it is gone
     try:
+        # The child starts with SIGINT ignored, so Ctrl-C (sent to the whole process group) reaches only this
+        # process, which then stops the child: no traceback from a child interrupted while starting up.
+        in_main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main_thread else None
+        try:
+            child.start()
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+        send.close()  # the child holds the only write end: EOF below means it is gone
         while True:
             try:
                 kind, payload = receive.recv()
@@ -719,7 +765,9 @@ def train_fold_in_child(*args, later_folds: int = 0, log: Callable[[str], None] 
     finally:
         if child.is_alive():  # interrupted here (Ctrl-C) or an error: stop the fold's process too
             child.terminate()
-        child.join()
+        if child.pid is not None:
+            child.join()
+        send.close()
         receive.close()
 
 
