@@ -18,6 +18,7 @@ import contextlib
 import datetime as dt
 import fcntl
 import hashlib
+import io
 import json
 import os
 import platform
@@ -555,7 +556,9 @@ def load_fold_data(train: data.TrainData, fold_ids: np.ndarray, fold: int) -> Fo
     )
 
 
-def pseudo_teacher(config: Config, run_dir: Path, fold_ids: np.ndarray, test_rows: int) -> Path | None:
+def pseudo_teacher(
+    config: Config, run_dir: Path, labels: np.ndarray, fold_ids: np.ndarray, test_rows: int
+) -> Path | None:
     """The teacher run of `config.pseudo`, checked: a different run with the same folds, whose folds to be used
     are finished and predicted this many test rows. None when pseudo-labelling is off."""
     if not config.pseudo:
@@ -567,7 +570,11 @@ def pseudo_teacher(config: Config, run_dir: Path, fold_ids: np.ndarray, test_row
     if teacher.resolve() == Path(run_dir).resolve():
         raise RunError(f"PSEUDO={config.pseudo} is the run being trained; name another, finished run.")
     teacher_folds = teacher / "folds.csv"
-    if not teacher_folds.is_file() or not np.array_equal(_read_fold_column(teacher_folds), fold_ids):
+    try:
+        same_folds = np.array_equal(folds.read_folds(teacher_folds, labels), fold_ids)
+    except (OSError, ConfigError):  # missing, or made for another train.csv
+        same_folds = False
+    if not same_folds:
         raise RunError(
             f"PSEUDO={config.pseudo}: {teacher} does not share this run's folds ({teacher_folds}), so its "
             f"predictions would carry the labels of this run's validation rows into training. Train the "
@@ -584,15 +591,10 @@ def pseudo_teacher(config: Config, run_dir: Path, fold_ids: np.ndarray, test_row
         if shape != (test_rows, data.NUM_CLASSES):
             raise RunError(
                 f"PSEUDO={config.pseudo}: {path} holds {shape[0]} test predictions, this test.csv has "
-                f"{test_rows} rows; the teacher was trained for other data."
+                f"{test_rows} rows: the teacher was trained for other data. Name a teacher trained on this "
+                f"data folder's test.csv."
             )
     return teacher
-
-
-def _read_fold_column(path: Path) -> np.ndarray:
-    import pandas as pd
-
-    return pd.read_csv(path, usecols=["fold"])["fold"].to_numpy(dtype=np.int64)
 
 
 def add_pseudo_labels(
@@ -602,7 +604,7 @@ def add_pseudo_labels(
     with the teacher's digit; `pseudo_source` identifies the teacher's predictions (a resumed fold checks it)."""
     path = teacher / f"fold_{fold}" / "test_probs.npy"
     raw = path.read_bytes()
-    probs = np.load(path)
+    probs = np.load(io.BytesIO(raw))
     keep = probs.max(axis=1) >= confidence
     return FoldData(
         np.concatenate([fold_data.train_images, test_images[keep]]),
@@ -634,8 +636,8 @@ def check_resumed_pseudo_labels(state: dict, fold_data: FoldData, label: str) ->
 
 
 # Every fold trains in a fresh process, so no memory a fold's TensorFlow state leaves behind (graphs,
-# tf.data buffers, allocator caches) reaches the next fold: peak RSS is the same for every fold by
-# construction. The parent holds the run lock, the data and the loop; the child sends its progress lines
+# tf.data buffers, allocator caches) reaches the next fold: no fold's peak RSS includes an earlier fold's
+# memory. The parent holds the run lock, the data and the loop; the child sends its progress lines
 # and then its report (or the exception it raised) back through a pipe.
 
 
@@ -673,14 +675,6 @@ def _return_freed_memory() -> None:
             ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-class _PipeLog:
-    def __init__(self, connection):
-        self.connection = connection
-
-    def __call__(self, line: str) -> None:
-        self.connection.send(("log", line))
-
-
 def _fold_child(connection, parent_pid: int, later_folds: int, args: tuple) -> None:
     """Entry point of a fold's process: train the fold, send back ("done", report) or ("error", exception).
 
@@ -691,8 +685,10 @@ def _fold_child(connection, parent_pid: int, later_folds: int, args: tuple) -> N
     import traceback
 
     _die_with_parent(parent_pid)
-    log = _PipeLog(connection)
     started = time.perf_counter()
+
+    def log(line: str) -> None:
+        connection.send(("log", line))
 
     def eta_after(fold_remaining: float) -> str:
         # run ETA: this fold's remainder + the later folds at this fold's projected length
@@ -787,7 +783,7 @@ def train_run(
         fold_ids = folds.read_folds(folds_path, train.labels)
     else:
         fold_ids = folds.assign_folds(train.labels, config.folds, config.seed, config.holdout)
-    teacher = pseudo_teacher(config, run_dir, fold_ids, len(test_images)) if needs_training else None
+    teacher = pseudo_teacher(config, run_dir, train.labels, fold_ids, len(test_images)) if needs_training else None
     with run_lock(run_dir):
         prepare_run(run_dir, config, data_dir)
         if not folds_path.exists():
@@ -798,7 +794,7 @@ def train_run(
         else:
             if test_images is None:  # a fold's report.json was removed since the check above
                 test_images = data.load_test(Path(data_dir) / "test.csv")
-                teacher = pseudo_teacher(config, run_dir, fold_ids, len(test_images))
+                teacher = pseudo_teacher(config, run_dir, train.labels, fold_ids, len(test_images))
             holdout_images = train.images[fold_ids == folds.HOLDOUT_FOLD]
             skipped = [fold for fold in config.fold_ids() if fold not in todo]
             if skipped:
