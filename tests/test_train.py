@@ -469,6 +469,33 @@ def test_the_peak_memory_of_a_process_started_for_a_fold_is_its_own():
     del ballast
 
 
+def test_the_train_command_itself_never_imports_tensorflow(sample_dir, tmp_path):
+    """The `make train` process checks the config, writes the run and waits for its folds' processes:
+    TensorFlow (~600 MB resident) is imported by those processes only."""
+    runs_dir = tmp_path / "runs"
+    args = tiny_train_args(sample_dir, runs_dir, "--folds", "2", "--epochs", "1", "--run", "r")
+    script = (
+        "import sys\n"
+        "from digits.cli import main\n"
+        f"code = main({[str(a) for a in args]!r})\n"
+        "print('imported:', sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))\n"
+        "sys.exit(code)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((runs_dir / "r" / "report.json").read_text())["oof_rows"] == 3000  # it trained both folds
+    assert "imported: []" in result.stdout
+    versions = json.loads((runs_dir / "r" / "config.json").read_text())["versions"]
+    assert versions["tensorflow"].startswith("2.") and versions["keras"].startswith("3.")
+
+
 def test_pseudo_labels_are_the_teachers_confident_digits_with_their_images(tmp_path):
     from digits import train
 

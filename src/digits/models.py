@@ -3,18 +3,25 @@
 Every model takes raw 0..255 pixels of shape (28, 28, 1) (`Rescaling` is inside the model, so a
 saved model needs no preprocessing) and returns class probabilities (softmax).
 Augmentation is separate (`augmenter`), applied only while training.
+
+Importing this module does not import Keras (each function imports it when called): the registry's
+names are known to the `make train` process, which only checks the config and waits for its folds'
+processes, without the ~600 MB that TensorFlow's libraries take.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import keras
 import numpy as np
-from keras import layers
+
+if TYPE_CHECKING:
+    import keras
 
 INPUT_SHAPE = (28, 28, 1)
-ModelBuilder = Callable[[int], keras.Model]
+ModelBuilder = Callable[[int], "keras.Model"]
 MODELS: dict[str, ModelBuilder] = {}
 # Inference precisions (`inference_model`): name -> Keras dtype policy.
 PRECISIONS = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
@@ -35,6 +42,8 @@ def build_model(name: str, num_classes: int = 10) -> keras.Model:
 
 
 def _conv_bn(x, filters: int, kernel: int, strides: int = 1, padding: str = "valid"):
+    from keras import layers
+
     # Conv without bias (batch norm supplies it), then BN, then ReLU. BN momentum 0.9 rather than
     # Keras' 0.99: the moving statistics settle within ~50 steps, so short runs on small data (the
     # demo's few hundred steps) validate well too; on the full data it makes no difference.
@@ -51,6 +60,9 @@ def cnn(num_classes: int = 10) -> keras.Model:
     conv down to 1x1 and a dense softmax. The strided 5x5 convs learn their own downsampling instead
     of max pooling.
     """
+    import keras
+    from keras import layers
+
     inputs = keras.Input(INPUT_SHAPE, name="pixels")
     x = layers.Rescaling(1.0 / 255)(inputs)
     for filters in (32, 64):
@@ -71,6 +83,9 @@ def cnn_pool(num_classes: int = 10) -> keras.Model:
     two thirds of `cnn`'s arithmetic per image). Two blocks of [3x3 conv, 3x3 conv, 2x2 max pool, dropout],
     a 3x3 conv to 2x2, then a 128-unit dense layer and the softmax.
     """
+    import keras
+    from keras import layers
+
     inputs = keras.Input(INPUT_SHAPE, name="pixels")
     x = layers.Rescaling(1.0 / 255)(inputs)
     for filters in (32, 64):
@@ -89,6 +104,9 @@ def cnn_pool(num_classes: int = 10) -> keras.Model:
 @register("tiny")
 def tiny(num_classes: int = 10) -> keras.Model:
     """A few thousand parameters: for tests and smoke runs, not for scores."""
+    import keras
+    from keras import layers
+
     inputs = keras.Input(INPUT_SHAPE, name="pixels")
     x = layers.Rescaling(1.0 / 255)(inputs)
     x = _conv_bn(x, 8, 3, strides=2, padding="same")
@@ -104,6 +122,9 @@ def augmenter(rotation_degrees: float, zoom: float, shift: float, seed: int | No
     Keras preprocessing layers act only when called with training=True, so the same pipeline is
     safe in any position; here it is mapped over the training tf.data stream only.
     """
+    import keras
+    from keras import layers
+
     steps = []
     if rotation_degrees > 0:
         steps.append(layers.RandomRotation(rotation_degrees / 360.0, fill_mode="constant", seed=seed))
@@ -114,19 +135,27 @@ def augmenter(rotation_degrees: float, zoom: float, shift: float, seed: int | No
     return keras.layers.Pipeline(steps, name="augment")
 
 
-class _FoldedAway(layers.Layer):
-    """Stands where a batch norm was folded into the conv before it: passes its input through."""
+@functools.cache
+def _folded_away_layer() -> type:
+    """The layer that stands where a batch norm was folded into the conv before it: passes its input through."""
+    from keras import layers
 
-    def call(self, inputs, training=None, mask=None):
-        return inputs
+    class FoldedAway(layers.Layer):
+        def call(self, inputs, training=None, mask=None):
+            return inputs
+
+    return FoldedAway
 
 
-def _folds_into(model: keras.Model) -> dict[str, layers.BatchNormalization]:
+def _folds_into(model: keras.Model) -> dict[str, keras.layers.BatchNormalization]:
     """{conv name: batch norm} for every channels-last Conv2D whose output only a batch norm reads.
 
     Both layers must be used once (a shared layer cannot be folded for one use only), the conv
     linear (no activation before the batch norm) and not itself a model output.
     """
+    import keras
+    from keras import layers
+
     outputs = {id(t) for t in model.outputs}
     pairs = {}
     for layer in model.layers:
@@ -148,6 +177,8 @@ def _folds_into(model: keras.Model) -> dict[str, layers.BatchNormalization]:
 
 def is_graph_model(model) -> bool:
     """True for functional and Sequential models (what `inference_model` can rewrite)."""
+    import keras
+
     return isinstance(model, keras.Sequential) or hasattr(model, "_run_through_graph")
 
 
@@ -160,6 +191,8 @@ def inference_model(model: keras.Model, precision: str = "float32") -> keras.Mod
     on the default run's 42,000 out-of-fold digits it changed 2 predictions (OOF 0.99555 -> 0.99550),
     so it is an option, never the default.
     """
+    import keras
+
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision '{precision}'; choose one of: {', '.join(PRECISIONS)}")
     policy = PRECISIONS[precision]
@@ -170,7 +203,7 @@ def inference_model(model: keras.Model, precision: str = "float32") -> keras.Mod
     def clone(layer):
         config = layer.get_config()
         if layer.name in folded:
-            return _FoldedAway(name=layer.name, dtype=policy)
+            return _folded_away_layer()(name=layer.name, dtype=policy)
         if layer.name in pairs:
             config["use_bias"] = True
         if layer.name != output_layer and "dtype" in config:

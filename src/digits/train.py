@@ -493,13 +493,20 @@ def run_lock(run_dir: Path):
 
 
 def _versions() -> dict:
-    import keras
-    import tensorflow as tf
+    """Installed versions, read from the package metadata: importing TensorFlow here would cost the waiting
+    `make train` process ~600 MB (each fold's process imports it)."""
+    from importlib import metadata
+
+    def installed(name: str) -> str | None:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
 
     return {
         "python": platform.python_version(),
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
+        "tensorflow": installed("tensorflow") or installed("tensorflow-cpu"),
+        "keras": installed("keras"),
         "numpy": np.__version__,
     }
 
