@@ -508,6 +508,62 @@ def test_ensemble_of_two_runs(runs_dir, second_run, sample_dir, tmp_path):
     assert f"submission: {oof_path}" in weighted.stdout
 
 
+@pytest.fixture(scope="module")
+def holdout_runs(sample_dir, tmp_path_factory) -> Path:
+    """Runs `ha` and `hb` (1 and 2 epochs) on the same folds with a fifth of the sample held out of every fold."""
+    folder = tmp_path_factory.mktemp("holdout-runs")
+    train_tiny(sample_dir, folder, "ha", "--holdout", "0.2")
+    train_tiny(sample_dir, folder, "hb", "--holdout", "0.2", "--epochs", "2")
+    return folder
+
+
+def holdout_mean_probs(run_dir: Path) -> np.ndarray:
+    return np.mean([np.load(run_dir / f"fold_{k}" / "holdout_probs.npy") for k in (0, 1)], axis=0)
+
+
+@pytest.mark.slow
+def test_ensemble_reports_its_accuracy_on_the_common_holdout(holdout_runs, sample_dir, tmp_path):
+    folds = pd.read_csv(holdout_runs / "ha" / "folds.csv")
+    labels = folds.loc[folds["fold"] == -1, "label"].to_numpy()
+    blended = (holdout_mean_probs(holdout_runs / "ha") + holdout_mean_probs(holdout_runs / "hb")) / 2
+    assert clear_argmax(blended).all()  # the expected figure does not hang on float rounding
+    expected_errors = int((blended.argmax(axis=1) != labels).sum())
+
+    result = digits_cli("ensemble", "--runs", "ha,hb", *run_args(holdout_runs, sample_dir, tmp_path / "subs"))
+
+    assert_ok(result)
+    assert len(labels) == 600  # a fifth of the sample's 3,000 rows
+    assert (
+        f"ensemble holdout accuracy {1 - expected_errors / len(labels):.5f} on the 600 rows that no fold of any "
+        f"run trained on ({expected_errors} errors)" in result.stdout
+    )
+    for run in ("ha", "hb"):  # each run alone, as its own training report measured it
+        alone = json.loads((holdout_runs / run / "report.json").read_text())["holdout"]["ensemble_accuracy"]
+        assert re.search(
+            rf"^  {run}: OOF accuracy \d\.\d{{5}}, holdout {alone:.5f}, weight 0\.500$", result.stdout, re.M
+        )
+
+
+@pytest.mark.slow
+def test_ensemble_without_a_folds_holdout_predictions_still_writes_the_blend(holdout_runs, sample_dir, tmp_path):
+    import shutil
+
+    runs = tmp_path / "runs"
+    for run in ("ha", "hb"):
+        shutil.copytree(holdout_runs / run, runs / run)
+    (runs / "hb" / "fold_1" / "holdout_probs.npy").unlink()
+    submissions = tmp_path / "subs"
+
+    result = digits_cli("ensemble", "--runs", "ha,hb", *run_args(runs, sample_dir, submissions))
+
+    assert_ok(result)
+    assert f"holdout accuracy not measured: {runs / 'hb' / 'fold_1' / 'holdout_probs.npy'} is missing" in result.stdout
+    assert "Retrain hb (a new RUN=<name>)" in result.stdout
+    assert "ensemble holdout accuracy" not in result.stdout
+    (path,) = submissions.glob("ensemble-ha+hb-cv*.csv")
+    validate_submission_text(path.read_text(), SAMPLE_TEST_ROWS)
+
+
 @pytest.mark.slow
 def test_ensemble_of_one_run_is_refused(runs_dir, sample_dir, tmp_path):
     submissions = tmp_path / "subs"

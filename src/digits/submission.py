@@ -350,8 +350,14 @@ def make_ensemble(
     test_blend = blend([blend(run.fold_test_probs) for run in runs], weights)
     if test_blend.shape[0] != rows:
         raise SubmissionError(f"the runs predict {test_blend.shape[0]} test images; the competition has {rows}.")
+    try:
+        holdout = ensemble_holdout(runs, weights)
+    except SubmissionError as error:  # the blend is still worth writing: say why this figure is missing
+        log(f"holdout accuracy not measured: {error}")
+        holdout = None
     for run, weight in zip(runs, weights, strict=True):
-        log(f"  {run.run_dir.name}: OOF accuracy {run.oof_accuracy:.5f}, weight {weight:.3f}")
+        alone = f", holdout {holdout['run_accuracy'][run.run_dir.name]:.5f}" if holdout else ""
+        log(f"  {run.run_dir.name}: OOF accuracy {run.oof_accuracy:.5f}{alone}, weight {weight:.3f}")
     name = "+".join(run.run_dir.name for run in runs)
     suffix = "-oof" if weighting == "oof" else ""  # an OOF-weighted blend is another file than the equal one
     path = Path(submissions_dir) / f"ensemble-{name}-cv{oof_accuracy:.5f}{suffix}.csv"
@@ -360,7 +366,55 @@ def make_ensemble(
     else:
         write_submission(to_submission(test_blend.argmax(axis=1)), path, rows)
     log(f"ensemble OOF accuracy {oof_accuracy:.5f} ({weighting} weights); submission: {path}")
+    if holdout:
+        log(
+            f"ensemble holdout accuracy {holdout['accuracy']:.5f} on the {holdout['rows']:,} rows that no "
+            f"fold of any run trained on ({holdout['errors']} errors)"
+        )
     return path
+
+
+def ensemble_holdout(runs: Sequence[RunPredictions], weights: Sequence[float]) -> dict | None:
+    """The blend's accuracy on the runs' common holdout (None when the runs have none).
+
+    Each run contributes the mean of its fold models' holdout probabilities, weighted like its test
+    predictions. The runs hold OOF predictions for the same rows (checked by the caller), so they hold
+    out the same rows too. A fold without its holdout predictions is a SubmissionError that says what to do.
+    """
+    from digits import folds as folds_lib
+
+    frame = pd.read_csv(runs[0].run_dir / "folds.csv")
+    held_out = (frame["fold"] == folds_lib.HOLDOUT_FOLD).to_numpy()
+    if not held_out.any():
+        return None
+    labels = frame.loc[held_out, "label"].to_numpy()
+    run_probs = []
+    for run in runs:
+        fold_count = len(run.fold_test_probs)
+        paths_ = [run.run_dir / f"fold_{k}" / "holdout_probs.npy" for k in range(fold_count)]
+        missing = [p for p in paths_ if not p.is_file()]
+        if missing:
+            raise SubmissionError(
+                f"{missing[0]} is missing, so the ensemble's holdout accuracy cannot be measured: that fold was "
+                f"trained before holdout predictions were saved. Retrain {run.run_dir.name} (a new RUN=<name>)."
+            )
+        probs = blend([np.load(p) for p in paths_])
+        if probs.shape != (len(labels), data.NUM_CLASSES):
+            raise SubmissionError(
+                f"{run.run_dir}: holdout predictions of shape {probs.shape} do not match the {len(labels)} "
+                f"holdout rows of {runs[0].run_dir / 'folds.csv'}; the run's fold folders were mixed with another run's."
+            )
+        run_probs.append(probs)
+    blended = blend(run_probs, weights)
+    wrong = int((blended.argmax(axis=1) != labels).sum())
+    return {
+        "rows": int(len(labels)),
+        "accuracy": 1.0 - wrong / len(labels),
+        "errors": wrong,
+        "run_accuracy": {
+            run.run_dir.name: float((p.argmax(axis=1) == labels).mean()) for run, p in zip(runs, run_probs, strict=True)
+        },
+    }
 
 
 # --- Kaggle -------------------------------------------------------------------------------------------
