@@ -70,6 +70,13 @@ def test_presets_resolve_and_overrides_are_typed():
     assert config.identity() == config_lib.resolve("quick", {"epochs": 7, "holdout": 0.1, "augment": False}).identity()
 
 
+def test_mixed_models_take_the_folds_in_turn():
+    config = config_lib.resolve("default", {"model": "cnn, cnn_pool", "folds": "5"})
+    assert config.model_names() == ["cnn", "cnn_pool"]
+    assert [config.fold_model(k) for k in range(5)] == ["cnn", "cnn_pool", "cnn", "cnn_pool", "cnn"]
+    assert [config_lib.resolve("default").fold_model(k) for k in range(5)] == ["cnn"] * 5
+
+
 def test_config_round_trips_through_json():
     config = config_lib.resolve("max", {"only": "1"})
     assert config_lib.from_dict(config.to_dict()) == config
@@ -85,6 +92,9 @@ def test_config_round_trips_through_json():
         ("fast", {}, "unknown preset 'fast'; choose one of: quick, default, max"),
         ("default", {"epoch": "3"}, "unknown setting 'epoch'"),
         ("default", {"model": "resnet999"}, "unknown model 'resnet999'; choose one of"),
+        ("default", {"model": "cnn,resnet9"}, "MODEL=cnn,resnet9: unknown model 'resnet9'; choose one of"),
+        ("default", {"model": "cnn,"}, "MODEL=cnn,: unknown model ''"),
+        ("default", {"model": "cnn,cnn_pool,tiny", "folds": "2"}, "names 3 models but FOLDS=2"),
         ("default", {"folds": "1"}, "FOLDS=1: k-fold training needs at least 2 folds"),
         ("default", {"folds": "two"}, "folds='two' is not an integer"),
         ("default", {"epochs": "0"}, "EPOCHS=0: train for at least 1 epoch"),

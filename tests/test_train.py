@@ -11,6 +11,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -467,6 +468,23 @@ def test_the_peak_memory_of_a_process_started_for_a_fold_is_its_own():
     assert train.peak_rss_mb() >= 300
     assert 0 < child_peak < 250
     del ballast
+
+
+def test_a_run_can_mix_architectures_fold_by_fold(sample_dir, tmp_path):
+    runs_dir = tmp_path / "runs"
+
+    result = train_cli(sample_dir, runs_dir, "--model", "tiny,cnn_pool", "--folds", "2", "--epochs", "1", "--run", "m")
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "run m: tiny x 1 + cnn_pool x 1 fold(s), 1 epochs" in result.stdout
+    fold_reports = [json.loads((runs_dir / "m" / f"fold_{k}" / "report.json").read_text()) for k in (0, 1)]
+    assert [r["model"] for r in fold_reports] == ["tiny", "cnn_pool"]
+    assert fold_reports[0]["parameters"] < 10_000 < 100_000 < fold_reports[1]["parameters"]
+    run_report = json.loads((runs_dir / "m" / "report.json").read_text())
+    assert [row["model"] for row in run_report["folds"]] == ["tiny", "cnn_pool"]
+    assert re.search(r"^fold  model .*\n   0  tiny .*\n   1  cnn_pool ", result.stdout, re.M)
+    page = (runs_dir / "m" / "report.html").read_text()
+    assert "<td>tiny</td>" in page and "<td>cnn_pool</td>" in page
 
 
 def test_the_train_command_itself_never_imports_tensorflow(sample_dir, tmp_path):

@@ -20,6 +20,8 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class Config:
     preset: str = "default"
+    # a registry name, or several separated by commas: fold k then trains the (k mod n)-th, so the fold
+    # ensemble mixes architectures at no extra cost (`fold_model`)
     model: str = "cnn"
     folds: int = 5
     epochs: int = 24
@@ -57,6 +59,14 @@ class Config:
 
     def fold_ids(self) -> list[int]:
         return list(self.only) if self.only is not None else list(range(self.folds))
+
+    def model_names(self) -> list[str]:
+        return [name.strip() for name in self.model.split(",")]
+
+    def fold_model(self, fold: int) -> str:
+        """The registry name of the model that fold `fold` trains."""
+        names = self.model_names()
+        return names[fold % len(names)]
 
 
 PRESETS: dict[str, dict] = {
@@ -152,10 +162,20 @@ def validate(config: Config) -> None:
 
     from digits import models  # imports Keras: only when a config is actually checked
 
-    if config.model not in models.MODELS:
-        fail(f"unknown model '{config.model}'; choose one of: {', '.join(sorted(models.MODELS))}")
+    names = config.model_names()
+    for name in names:
+        if name not in models.MODELS:
+            fail(
+                f"MODEL={config.model}: unknown model '{name}'; choose one of: {', '.join(sorted(models.MODELS))}, "
+                f"or several separated by commas (fold k trains the (k mod n)-th)"
+            )
     if config.folds < 2:
         fail(f"FOLDS={config.folds}: k-fold training needs at least 2 folds (5 is the usual choice)")
+    if len(names) > config.folds:
+        fail(
+            f"MODEL={config.model} names {len(names)} models but FOLDS={config.folds}: fold k trains the "
+            f"(k mod {len(names)})-th model, so some would never be trained. Use at least {len(names)} folds."
+        )
     if config.epochs < 1:
         fail(f"EPOCHS={config.epochs}: train for at least 1 epoch")
     if config.batch < 1:

@@ -64,6 +64,7 @@ def fold_report(
     predict_images_per_second: float,
     peak_rss_mb: float,
     parameters: int,
+    model: str,
 ) -> dict:
     epochs_run = len(history)
     summary = classification_summary(labels, probs)
@@ -78,6 +79,7 @@ def fold_report(
         "predict_images_per_second": round(predict_images_per_second, 1),
         "peak_rss_mb": round(peak_rss_mb, 1),
         "parameters": int(parameters),
+        "model": model,
     }
 
 
@@ -258,20 +260,23 @@ def run_report(run_dir: Path, train: data.TrainData, fold_ids: np.ndarray) -> di
         "config": config["config"],
         "folds": [
             {
-                key: r[key]
-                for key in (
-                    "fold",
-                    "rows",
-                    "accuracy",
-                    "loss",
-                    "errors",
-                    "best_epoch",
-                    "epochs",
-                    "train_seconds",
-                    "seconds_per_epoch",
-                    "train_images_per_second",
-                    "peak_rss_mb",
-                )
+                "model": r.get("model", config["config"]["model"]),  # runs before mixed models lack the key
+                **{
+                    key: r[key]
+                    for key in (
+                        "fold",
+                        "rows",
+                        "accuracy",
+                        "loss",
+                        "errors",
+                        "best_epoch",
+                        "epochs",
+                        "train_seconds",
+                        "seconds_per_epoch",
+                        "train_images_per_second",
+                        "peak_rss_mb",
+                    )
+                },
             }
             for r in fold_reports
         ],
@@ -336,19 +341,23 @@ def class_balance(labels: np.ndarray, fold_ids: np.ndarray) -> dict:
 
 
 def format_fold_table(report: dict) -> str:
+    mixed = len({row.get("model") for row in report["folds"]}) > 1  # several architectures: say which fold has which
+    model_head = f"  {'model':<10}" if mixed else ""
     lines = [
         f"run {report['run']}  ({report['config']['model']}, {report['config']['epochs']} epochs, "
         f"preset {report['config']['preset']})",
-        f"{'fold':>4}  {'val acc':>8}  {'val loss':>8}  {'errors':>6}  {'best epoch':>10}  {'time':>8}  {'img/s':>7}",
+        f"{'fold':>4}{model_head}  {'val acc':>8}  {'val loss':>8}  {'errors':>6}  {'best epoch':>10}  {'time':>8}  "
+        f"{'img/s':>7}",
     ]
     for row in report["folds"]:
+        model = f"  {row['model']:<10}" if mixed else ""
         lines.append(
-            f"{row['fold']:>4}  {row['accuracy']:>8.4f}  {row['loss']:>8.4f}  {row['errors']:>6}  "
+            f"{row['fold']:>4}{model}  {row['accuracy']:>8.4f}  {row['loss']:>8.4f}  {row['errors']:>6}  "
             f"{row['best_epoch']:>5}/{row['epochs']:<4}  {row['train_seconds']:>7.0f}s  "
             f"{row['train_images_per_second']:>7.0f}"
         )
     lines.append(
-        f"mean  {report['fold_accuracy_mean']:>8.4f}  {report['fold_loss_mean']:>8.4f}   "
+        f"mean{' ' * len(model_head)}  {report['fold_accuracy_mean']:>8.4f}  {report['fold_loss_mean']:>8.4f}   "
         f"(std {report['fold_accuracy_std']:.4f})"
     )
     lines.append(
@@ -388,6 +397,7 @@ def render_html(run_dir: Path, report: dict) -> str:
     fold_rows = [
         [
             r["fold"],
+            r.get("model", config["model"]),
             f"{r['accuracy']:.4f}",
             f"{r['loss']:.4f}",
             r["errors"],
@@ -402,6 +412,7 @@ def render_html(run_dir: Path, report: dict) -> str:
     fold_rows.append(
         [
             "mean ± std",
+            "",
             f"{report['fold_accuracy_mean']:.4f} ± {report['fold_accuracy_std']:.4f}",
             f"{report['fold_loss_mean']:.4f}",
             sum(r["errors"] for r in report["folds"]),
@@ -466,7 +477,7 @@ training time {report["train_seconds_total"]:.0f} s.</p>
 {_table(["", *CLASSES, "total"], balance_rows)}
 <div class="summary">{_image_tag(run_dir / "samples.png", "sample digits per class")}</div>
 <h2>Folds</h2>
-{_table(["fold", "val acc", "val loss", "errors", "best epoch", "train s", "s/epoch", "images/s", "peak RSS MB"], fold_rows)}
+{_table(["fold", "model", "val acc", "val loss", "errors", "best epoch", "train s", "s/epoch", "images/s", "peak RSS MB"], fold_rows)}
 {holdout}
 <h2>Out-of-fold predictions</h2>
 <div class="summary">{_image_tag(run_dir / "oof_confusion.png", "out-of-fold confusion matrix")}</div>

@@ -363,7 +363,7 @@ def train_fold(
     steps_per_epoch = int(np.ceil(len(fold_data.train_labels) / config.batch))
 
     with distribution_strategy().scope():
-        model = models.build_model(config.model)
+        model = models.build_model(config.fold_model(fold))
         model.compile(
             optimizer=keras.optimizers.Adam(learning_rate=cosine_schedule(config, steps_per_epoch)),
             loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
@@ -433,6 +433,7 @@ def train_fold(
         predict_images_per_second=len(val_probs) / max(predict_seconds, 1e-9),
         peak_rss_mb=monitor.peak_rss_mb,
         parameters=model.count_params(),
+        model=config.fold_model(fold),
     )
     if config.pseudo:
         fold_report["pseudo_labels"] = fold_data.pseudo_count
@@ -807,7 +808,7 @@ def train_run(
             if skipped:
                 log(f"{run_dir}: fold(s) {','.join(map(str, skipped))} already finished; skipping them.")
             log(
-                f"run {run_dir.name}: {config.model} x {len(todo)} fold(s), {config.epochs} epochs, batch "
+                f"run {run_dir.name}: {_models_of(config, todo)}, {config.epochs} epochs, batch "
                 f"{config.batch}, {available_cores()} core(s); artifacts in {run_dir}"
             )
             _return_freed_memory()
@@ -845,6 +846,14 @@ def train_run(
 
 
 # --- command line ------------------------------------------------------------------------------------
+
+
+def _models_of(config: Config, todo: list[int]) -> str:
+    """`cnn x 5 fold(s)`, or for mixed architectures `cnn x 3 + cnn_pool x 2 fold(s)`."""
+    counts: dict[str, int] = {}
+    for fold in todo:
+        counts[config.fold_model(fold)] = counts.get(config.fold_model(fold), 0) + 1
+    return " + ".join(f"{name} x {count}" for name, count in counts.items()) + " fold(s)"
 
 
 def latest_run(runs_dir: Path = paths.RUNS_DIR) -> Path:
