@@ -72,6 +72,8 @@ def test_presets_resolve_and_overrides_are_typed():
 
 def test_mixed_models_take_the_folds_in_turn():
     config = config_lib.resolve("default", {"model": "cnn, cnn_pool", "folds": "5"})
+    assert config.model == "cnn,cnn_pool"  # one spelling: a resume does not hang on spaces
+    assert config.identity() == config_lib.resolve("default", {"model": "cnn,cnn_pool"}).identity()
     assert config.model_names() == ["cnn", "cnn_pool"]
     assert [config.fold_model(k) for k in range(5)] == ["cnn", "cnn_pool", "cnn", "cnn_pool", "cnn"]
     assert [config_lib.resolve("default").fold_model(k) for k in range(5)] == ["cnn"] * 5
@@ -95,6 +97,7 @@ def test_config_round_trips_through_json():
         ("default", {"model": "cnn,resnet9"}, "MODEL=cnn,resnet9: unknown model 'resnet9'; choose one of"),
         ("default", {"model": "cnn,"}, "MODEL=cnn,: unknown model ''"),
         ("default", {"model": "cnn,cnn_pool,tiny", "folds": "2"}, "names 3 models but FOLDS=2"),
+        ("default", {"model": "cnn,cnn"}, "MODEL=cnn,cnn names a model twice"),
         ("default", {"folds": "1"}, "FOLDS=1: k-fold training needs at least 2 folds"),
         ("default", {"folds": "two"}, "folds='two' is not an integer"),
         ("default", {"epochs": "0"}, "EPOCHS=0: train for at least 1 epoch"),

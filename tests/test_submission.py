@@ -485,6 +485,7 @@ def test_ensemble_of_two_runs(runs_dir, second_run, sample_dir, tmp_path):
     assert f"a: OOF accuracy {oof_accuracy(runs_dir / 'a'):.5f}, weight 0.500" in equal.stdout
     assert f"b: OOF accuracy {oof_accuracy(runs_dir / 'b'):.5f}, weight 0.500" in equal.stdout
     assert "(equal weights)" in equal.stdout
+    assert "holdout" not in equal.stdout  # these runs hold nothing out: no holdout figure, and no complaint
     (path,) = submissions.glob("ensemble-a+b-cv*.csv")
     assert re.fullmatch(r"ensemble-a\+b-cv\d\.\d{5}\.csv", path.name)
     validate_submission_text(path.read_text(), SAMPLE_TEST_ROWS)
@@ -545,20 +546,35 @@ def test_ensemble_reports_its_accuracy_on_the_common_holdout(holdout_runs, sampl
 
 
 @pytest.mark.slow
-def test_ensemble_without_a_folds_holdout_predictions_still_writes_the_blend(holdout_runs, sample_dir, tmp_path):
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("missing", "is missing, so the ensemble's holdout accuracy cannot be measured"),
+        ("truncated", "cannot be read"),
+        ("other shape", "holds predictions of shape (7, 10), not one row per holdout row"),
+    ],
+)
+def test_ensemble_with_a_damaged_holdout_file_says_so_and_still_writes_the_blend(
+    holdout_runs, sample_dir, tmp_path, damage, message
+):
     import shutil
 
     runs = tmp_path / "runs"
     for run in ("ha", "hb"):
         shutil.copytree(holdout_runs / run, runs / run)
-    (runs / "hb" / "fold_1" / "holdout_probs.npy").unlink()
+    damaged = runs / "hb" / "fold_1" / "holdout_probs.npy"
+    if damage == "missing":
+        damaged.unlink()
+    elif damage == "truncated":
+        damaged.write_bytes(damaged.read_bytes()[:100])
+    else:
+        np.save(damaged, np.full((7, 10), 0.1, np.float32))
     submissions = tmp_path / "subs"
 
     result = digits_cli("ensemble", "--runs", "ha,hb", *run_args(runs, sample_dir, submissions))
 
     assert_ok(result)
-    assert f"holdout accuracy not measured: {runs / 'hb' / 'fold_1' / 'holdout_probs.npy'} is missing" in result.stdout
-    assert "Retrain hb (a new RUN=<name>)" in result.stdout
+    assert f"holdout accuracy not measured: {damaged} {message}" in result.stdout
     assert "ensemble holdout accuracy" not in result.stdout
     (path,) = submissions.glob("ensemble-ha+hb-cv*.csv")
     validate_submission_text(path.read_text(), SAMPLE_TEST_ROWS)

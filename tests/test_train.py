@@ -491,7 +491,7 @@ def test_the_train_command_itself_never_imports_tensorflow(sample_dir, tmp_path)
     """The `make train` process checks the config, writes the run and waits for its folds' processes:
     TensorFlow (~600 MB resident) is imported by those processes only."""
     runs_dir = tmp_path / "runs"
-    args = tiny_train_args(sample_dir, runs_dir, "--folds", "2", "--epochs", "1", "--run", "r")
+    args = tiny_train_args(sample_dir, runs_dir, "--folds", "2", "--epochs", "1", "--holdout", "0.2", "--run", "r")
     script = (
         "import sys\n"
         "from digits.cli import main\n"
@@ -508,7 +508,8 @@ def test_the_train_command_itself_never_imports_tensorflow(sample_dir, tmp_path)
         check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert json.loads((runs_dir / "r" / "report.json").read_text())["oof_rows"] == 3000  # it trained both folds
+    run_report = json.loads((runs_dir / "r" / "report.json").read_text())
+    assert run_report["oof_rows"] == 2400 and run_report["holdout"]["rows"] == 600  # it trained both folds
     assert "imported: []" in result.stdout
     versions = json.loads((runs_dir / "r" / "config.json").read_text())["versions"]
     assert versions["tensorflow"].startswith("2.") and versions["keras"].startswith("3.")

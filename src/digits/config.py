@@ -91,6 +91,8 @@ def resolve(preset: str = "default", overrides: dict | None = None) -> Config:
         if key not in known:
             raise ConfigError(f"unknown setting '{key}'; known settings: {', '.join(sorted(known))}")
         values[key] = _convert(key, raw, known[key].type)
+    # one spelling per model list ("cnn, cnn_pool" is "cnn,cnn_pool"), so resuming does not hang on spaces
+    values["model"] = ",".join(name.strip() for name in str(values.get("model", Config.model)).split(","))
     config = Config(**values)
     validate(config)
     return config
@@ -160,9 +162,11 @@ def validate(config: Config) -> None:
     def fail(message: str) -> None:
         raise ConfigError(message)
 
-    from digits import models  # imports Keras: only when a config is actually checked
+    from digits import models  # the registry's names (Keras is imported only when a model is built)
 
     names = config.model_names()
+    if len(set(names)) != len(names):
+        fail(f"MODEL={config.model} names a model twice; name each architecture once (fold k trains the (k mod n)-th)")
     for name in names:
         if name not in models.MODELS:
             fail(

@@ -366,9 +366,12 @@ def format_fold_table(report: dict) -> str:
     if "holdout" in report:
         h = report["holdout"]
         tta = f", with TTA {h['tta_ensemble_accuracy']:.4f}" if "tta_ensemble_accuracy" in h else ""
+        singles: dict[str, list[float]] = {}
+        for row, accuracy in zip(report["folds"], h["fold_accuracy"], strict=True):
+            singles.setdefault(row.get("model") if mixed else "folds", []).append(accuracy)
+        ranges = "; ".join(f"single {name} {min(a):.4f}-{max(a):.4f}" for name, a in singles.items())
         lines.append(
-            f"holdout ({h['rows']:,} rows): fold ensemble accuracy {h['ensemble_accuracy']:.4f}{tta}; "
-            f"single folds {min(h['fold_accuracy']):.4f}-{max(h['fold_accuracy']):.4f}"
+            f"holdout ({h['rows']:,} rows): fold ensemble accuracy {h['ensemble_accuracy']:.4f}{tta}; {ranges}"
         )
     confused = ", ".join(f"{p['classes'][0]}↔{p['classes'][1]} ({p['count']})" for p in report["most_confused"][:3])
     if confused:

@@ -336,7 +336,8 @@ def make_ensemble(
         if not np.array_equal(run.oof_row_ids, reference.oof_row_ids):
             raise SubmissionError(
                 f"{run.run_dir} and {reference.run_dir} hold OOF predictions for different train "
-                f"rows (a different HOLDOUT or data); their OOF scores are not comparable."
+                f"rows (a different HOLDOUT, SEED or data); their OOF scores are not comparable. Blend runs "
+                f"trained with the same HOLDOUT and SEED on the same train.csv."
             )
     oof_list = [run.oof_probs for run in runs]
     if weighting == "oof":
@@ -398,13 +399,22 @@ def ensemble_holdout(runs: Sequence[RunPredictions], weights: Sequence[float]) -
                 f"{missing[0]} is missing, so the ensemble's holdout accuracy cannot be measured: that fold was "
                 f"trained before holdout predictions were saved. Retrain {run.run_dir.name} (a new RUN=<name>)."
             )
-        probs = blend([np.load(p) for p in paths_])
-        if probs.shape != (len(labels), data.NUM_CLASSES):
-            raise SubmissionError(
-                f"{run.run_dir}: holdout predictions of shape {probs.shape} do not match the {len(labels)} "
-                f"holdout rows of {runs[0].run_dir / 'folds.csv'}; the run's fold folders were mixed with another run's."
-            )
-        run_probs.append(probs)
+        fold_probs = []
+        for path in paths_:
+            try:
+                probs = np.load(path)
+            except (OSError, ValueError, EOFError) as error:
+                raise SubmissionError(
+                    f"{path} cannot be read ({error}); retrain {run.run_dir.name} (a new RUN=<name>)."
+                ) from error
+            if probs.shape != (len(labels), data.NUM_CLASSES):
+                raise SubmissionError(
+                    f"{path} holds predictions of shape {probs.shape}, not one row per holdout row of "
+                    f"{runs[0].run_dir / 'folds.csv'} ({len(labels)}, {data.NUM_CLASSES}): the fold folder comes "
+                    f"from another run. Copy back the run's own fold folder, or retrain it."
+                )
+            fold_probs.append(probs)
+        run_probs.append(blend(fold_probs))
     blended = blend(run_probs, weights)
     wrong = int((blended.argmax(axis=1) != labels).sum())
     return {

@@ -504,9 +504,10 @@ def _versions() -> dict:
         except metadata.PackageNotFoundError:
             return None
 
+    tensorflow = ("tensorflow", "tensorflow-cpu", "tensorflow-macos", "tensorflow-intel", "tf-nightly")
     return {
         "python": platform.python_version(),
-        "tensorflow": installed("tensorflow") or installed("tensorflow-cpu"),
+        "tensorflow": next((v for v in map(installed, tensorflow) if v), None),
         "keras": installed("keras"),
         "numpy": np.__version__,
     }
@@ -779,8 +780,6 @@ def train_run(
     config: Config, run_dir: Path, data_dir: Path = paths.RAW_DIR, log: Callable[[str], None] = print
 ) -> dict | None:
     """Train every fold of `config.fold_ids()` not yet finished, then write the run report if complete."""
-    from digits import report
-
     run_dir = Path(run_dir)
     # Bad data and impossible folds stop here, before the run folder is created or touched.
     train = data.load_train(Path(data_dir) / "train.csv")
@@ -836,6 +835,8 @@ def train_run(
                 f"the run report is written once every fold is finished."
             )
             return None
+        from digits import report  # matplotlib and scikit-learn's metrics: not held while the folds train
+
         if (run_dir / "report.json").is_file():  # a finished run is never rewritten
             run_report = json.loads((run_dir / "report.json").read_text())
         else:
