@@ -93,15 +93,33 @@ def test_bad_training_variable_is_refused_before_anything_runs(tmp_path):
 @pytest.mark.slow
 def test_download_train_report_submission_through_make(tmp_path):
     assert make("download", "SOURCE=data/sample/digit-recognizer.zip", root=tmp_path).returncode == 0
-    trained = make("train", "PRESET=quick", "MODEL=tiny", "FOLDS=2", "EPOCHS=1", "SEED=3", "RUN=viamake", root=tmp_path)
+    trained = make(
+        "train",
+        "PRESET=quick",
+        "MODEL=tiny",
+        "FOLDS=2",
+        "EPOCHS=1",
+        "SEED=3",
+        "ELASTIC=34",
+        "RUN=viamake",
+        root=tmp_path,
+    )
     assert trained.returncode == 0, trained.stderr[-3000:]
     config = json.loads((tmp_path / "runs" / "viamake" / "config.json").read_text())["config"]
-    assert (config["preset"], config["model"], config["folds"], config["epochs"], config["seed"]) == (
+    assert (
+        config["preset"],
+        config["model"],
+        config["folds"],
+        config["epochs"],
+        config["seed"],
+        config["elastic"],
+    ) == (
         "quick",
         "tiny",
         2,
         1,
         3,
+        34.0,
     )
     report = make("report", root=tmp_path)  # RUN defaults to the latest run
     assert report.returncode == 0, report.stderr

@@ -93,3 +93,58 @@ def test_predict_follows_weight_changes(sample_train):
     other = _with_trained_statistics("tiny", seed=2)
     model.set_weights(other.get_weights())
     np.testing.assert_allclose(predict(model, images), other.predict(images.astype(np.float32), verbose=0), atol=2e-5)
+
+
+# --- elastic distortion ---------------------------------------------------------------------------------
+
+
+def test_elastic_warp_samples_bilinearly_at_the_displaced_positions():
+    warp = models._elastic_layer().warp
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 255, (2, 6, 5, 1)).astype(np.float32)
+
+    def field(rows: float, columns: float) -> np.ndarray:
+        return np.broadcast_to(np.array([rows, columns], np.float32), (2, 6, 5, 2))
+
+    # a whole-pixel displacement is a shift with background coming in
+    moved = warp(images, field(0, 1)).numpy()
+    assert np.allclose(moved[:, :, :-1], images[:, :, 1:]) and np.all(moved[:, :, -1] == 0)
+    moved = warp(images, field(-2, 0)).numpy()
+    assert np.allclose(moved[:, 2:], images[:, :-2]) and np.all(moved[:, :2] == 0)
+    # half a pixel down: the mean of the two rows it falls between
+    half = warp(images, field(0.5, 0)).numpy()
+    assert np.allclose(half[:, :-1], (images[:, :-1] + images[:, 1:]) / 2, atol=1e-4)
+    # a field that differs per pixel: each output pixel reads its own position
+    per_pixel = np.zeros((2, 6, 5, 2), np.float32)
+    per_pixel[1, 3, 2] = (1.25, -0.5)
+    one = warp(images, per_pixel).numpy()
+    expected = 0.75 * (0.5 * images[1, 4, 1] + 0.5 * images[1, 4, 2]) + 0.25 * (
+        0.5 * images[1, 5, 1] + 0.5 * images[1, 5, 2]
+    )
+    assert one[1, 3, 2, 0] == pytest.approx(float(expected[0]), rel=1e-5)
+    one[1, 3, 2] = images[1, 3, 2]
+    assert np.allclose(one, images)
+
+
+def test_elastic_distortion_moves_strokes_smoothly_and_only_while_training(sample_train):
+    digits = sample_train.images[:64].astype(np.float32)
+    layer = models._elastic_layer()(34.0, 4.0, seed=3)
+
+    assert np.array_equal(layer(digits, training=False).numpy(), digits)
+    warped = layer(digits, training=True).numpy()
+    assert warped.shape == digits.shape and warped.min() >= 0 and warped.max() <= 255.001
+    assert np.abs(warped - digits).mean() > 5  # the strokes moved ...
+    ink = warped.sum(axis=(1, 2, 3)) / digits.sum(axis=(1, 2, 3))
+    assert 0.8 < ink.mean() < 1.2  # ... but stayed strokes of about the same ink
+    # a constant image stays constant wherever no displacement can reach the border
+    flat = np.full((4, 28, 28, 1), 200.0, np.float32)
+    gentle = models._elastic_layer()(4.0, 4.0, seed=3)(flat, training=True).numpy()
+    assert np.allclose(gentle[:, 5:-5, 5:-5], 200.0, atol=1e-3)
+    assert not np.allclose(gentle, 200.0)  # while the border did let background in
+
+
+def test_augmenter_includes_the_elastic_distortion_only_when_asked():
+    plain = models.augmenter(10, 0.1, 0.1, seed=1)
+    elastic = models.augmenter(10, 0.1, 0.1, seed=1, elastic_alpha=34, elastic_sigma=4)
+    assert "ElasticDistortion" not in [type(layer).__name__ for layer in plain.layers]
+    assert [type(layer).__name__ for layer in elastic.layers][0] == "ElasticDistortion"

@@ -38,6 +38,10 @@ class Config:
     rotation: float = 10.0  # degrees
     zoom: float = 0.1
     shift: float = 0.1
+    # elastic distortion (Simard et al. 2003): displacement fields smoothed by a Gaussian of elastic_sigma pixels,
+    # scaled by elastic (alpha; 0 = off, 34 with sigma 4 is Simard's MNIST setting)
+    elastic: float = 0.0
+    elastic_sigma: float = 4.0
     deterministic: bool = False
     # pseudo-labels: the test digits that a finished run (the teacher) predicts with at least this confidence join
     # each fold's training rows, labelled with the teacher's digit. Fold k learns only from the teacher's fold k,
@@ -199,9 +203,11 @@ def validate(config: Config) -> None:
             f"pseudo_confidence={config.pseudo_confidence} must be in (0, 1]: a test digit becomes a "
             f"pseudo-label when the teacher's probability for its digit is at least this (0.99 is the default)"
         )
-    for name in ("rotation", "zoom", "shift"):
+    for name in ("rotation", "zoom", "shift", "elastic"):
         if getattr(config, name) < 0:
             fail(f"{name}={getattr(config, name)} must not be negative")
+    if config.elastic_sigma <= 0:
+        fail(f"elastic_sigma={config.elastic_sigma} must be positive: the smoothing of the elastic field in pixels (4)")
     if config.only is not None:
         outside = [fold for fold in config.only if not 0 <= fold < config.folds]
         if outside:

@@ -116,8 +116,16 @@ def tiny(num_classes: int = 10) -> keras.Model:
     return keras.Model(inputs, outputs, name="tiny")
 
 
-def augmenter(rotation_degrees: float, zoom: float, shift: float, seed: int | None = None) -> keras.layers.Pipeline:
-    """Random rotation, zoom and shift (no flips: a flipped 2 is not a 2), as one Keras pipeline.
+def augmenter(
+    rotation_degrees: float,
+    zoom: float,
+    shift: float,
+    seed: int | None = None,
+    elastic_alpha: float = 0.0,
+    elastic_sigma: float = 4.0,
+) -> keras.layers.Pipeline:
+    """Random rotation, zoom and shift (no flips: a flipped 2 is not a 2), and optionally an elastic
+    distortion (`elastic_alpha` > 0), as one Keras pipeline.
 
     Keras preprocessing layers act only when called with training=True, so the same pipeline is
     safe in any position; here it is mapped over the training tf.data stream only.
@@ -126,6 +134,8 @@ def augmenter(rotation_degrees: float, zoom: float, shift: float, seed: int | No
     from keras import layers
 
     steps = []
+    if elastic_alpha > 0:
+        steps.append(_elastic_layer()(elastic_alpha, elastic_sigma, seed=seed))
     if rotation_degrees > 0:
         steps.append(layers.RandomRotation(rotation_degrees / 360.0, fill_mode="constant", seed=seed))
     if zoom > 0:
@@ -133,6 +143,78 @@ def augmenter(rotation_degrees: float, zoom: float, shift: float, seed: int | No
     if shift > 0:
         steps.append(layers.RandomTranslation(shift, shift, fill_mode="constant", seed=seed))
     return keras.layers.Pipeline(steps, name="augment")
+
+
+@functools.cache
+def _elastic_layer() -> type:
+    """Simard et al. (2003)'s elastic distortion as a Keras layer (TensorFlow ops, so it runs in tf.data).
+
+    Every image gets its own displacement field: uniform noise in [-1, 1] per pixel and axis, smoothed
+    by a Gaussian of `sigma` pixels and scaled by `alpha` (alpha 34 and sigma 4 move pixels by about
+    1.4 pixels, smoothly, as a hand would). The image is resampled bilinearly, with background (0)
+    outside the frame. Acts only when called with training=True.
+    """
+    import tensorflow as tf
+    from keras import layers
+
+    class ElasticDistortion(layers.Layer):
+        def __init__(self, alpha: float, sigma: float, seed: int | None = None, **kwargs):
+            super().__init__(**kwargs)
+            self.alpha, self.sigma, self.seed = float(alpha), float(sigma), seed
+            radius = max(1, int(np.ceil(3 * self.sigma)))
+            taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / self.sigma) ** 2)
+            self._taps = (taps / taps.sum()).astype(np.float32)
+
+        def get_config(self) -> dict:
+            return {**super().get_config(), "alpha": self.alpha, "sigma": self.sigma, "seed": self.seed}
+
+        def call(self, images, training=True):
+            if not training:
+                return images
+            images = tf.convert_to_tensor(images, tf.float32)
+            shape = tf.shape(images)
+            noise = tf.random.uniform(tf.stack([shape[0], shape[1], shape[2], 2]), -1.0, 1.0, seed=self.seed)
+            taps = tf.constant(self._taps)
+            row_kernel = tf.tile(tf.reshape(taps, (1, -1, 1, 1)), (1, 1, 2, 1))
+            column_kernel = tf.tile(tf.reshape(taps, (-1, 1, 1, 1)), (1, 1, 2, 1))
+            field = tf.nn.depthwise_conv2d(noise, row_kernel, (1, 1, 1, 1), "SAME")
+            field = self.alpha * tf.nn.depthwise_conv2d(field, column_kernel, (1, 1, 1, 1), "SAME")
+            return self.warp(images, field)
+
+        @staticmethod
+        def warp(images, field):
+            """Output pixel (r, c) of each (N, H, W, 1) image is the input, bilinearly sampled, at
+            (r + field[..., 0], c + field[..., 1]); background (0) outside the frame."""
+            images = tf.convert_to_tensor(images, tf.float32)
+            field = tf.convert_to_tensor(field, tf.float32)
+            shape = tf.shape(images)
+            batch, height, width = shape[0], shape[1], shape[2]
+            rows = tf.cast(tf.range(height), tf.float32)[None, :, None] + field[..., 0]
+            columns = tf.cast(tf.range(width), tf.float32)[None, None, :] + field[..., 1]
+            top, left = tf.floor(rows), tf.floor(columns)
+            down, right = rows - top, columns - left  # bilinear weights
+            flat = tf.reshape(images, (-1,))
+            first = tf.range(batch)[:, None, None] * height * width
+
+            def pixel(row, column):
+                inside = (row >= 0) & (row <= tf.cast(height - 1, tf.float32))
+                inside &= (column >= 0) & (column <= tf.cast(width - 1, tf.float32))
+                r = tf.clip_by_value(tf.cast(row, tf.int32), 0, height - 1)
+                c = tf.clip_by_value(tf.cast(column, tf.int32), 0, width - 1)
+                return tf.where(inside, tf.gather(flat, first + r * width + c), 0.0)
+
+            warped = (
+                (1 - down) * (1 - right) * pixel(top, left)
+                + (1 - down) * right * pixel(top, left + 1)
+                + down * (1 - right) * pixel(top + 1, left)
+                + down * right * pixel(top + 1, left + 1)
+            )
+            return tf.reshape(warped, shape)
+
+        def compute_output_shape(self, input_shape):
+            return input_shape
+
+    return ElasticDistortion
 
 
 @functools.cache

@@ -115,8 +115,15 @@ def make_train_dataset(images: np.ndarray, labels: np.ndarray, config: Config, s
     dataset = tf.data.Dataset.from_tensor_slices((images, one_hot))
     dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True).batch(config.batch)
     dataset = dataset.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
-    if config.augment and (config.rotation or config.zoom or config.shift):
-        augment = augmenter(config.rotation, config.zoom, config.shift, seed=seed)
+    if config.augment and (config.rotation or config.zoom or config.shift or config.elastic):
+        augment = augmenter(
+            config.rotation,
+            config.zoom,
+            config.shift,
+            seed=seed,
+            elastic_alpha=config.elastic,
+            elastic_sigma=config.elastic_sigma,
+        )
         dataset = dataset.map(
             lambda x, y: (augment(x, training=True), y),
             num_parallel_calls=tf.data.AUTOTUNE,
@@ -875,7 +882,7 @@ def resolve_run_dir(run: str | None, runs_dir: Path = paths.RUNS_DIR) -> Path:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    keys = ("folds", "epochs", "batch", "model", "seed", "only", "holdout", "pseudo", "pseudo_confidence")
+    keys = ("folds", "epochs", "batch", "model", "seed", "only", "holdout", "pseudo", "pseudo_confidence", "elastic")
     overrides = {key: getattr(args, key) for key in keys}
     overrides["deterministic"] = True if args.deterministic else None
     for item in args.set or []:
@@ -935,6 +942,7 @@ def register_commands(commands) -> None:
     train.add_argument("--holdout", help="fraction of train.csv kept out of every fold, e.g. 0.1")
     train.add_argument("--pseudo", help="a finished run (same folds) whose confident test predictions join training")
     train.add_argument("--pseudo-confidence", help="teacher probability needed for a pseudo-label (default 0.99)")
+    train.add_argument("--elastic", help="elastic distortion strength (alpha; 0 = off, 34 = Simard's; sigma via --set)")
     train.add_argument("--deterministic", action="store_true")
     train.add_argument("--set", action="append", metavar="KEY=VALUE", help="any other config field")
     train.add_argument("--run", default=None, help="run name (default: a timestamp)")
