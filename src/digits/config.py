@@ -79,7 +79,7 @@ PRESETS: dict[str, dict] = {
     "quick": {"folds": 3, "epochs": 4, "batch": 64, "warmup_epochs": 0.25},
     # the measured default: 5 folds in well under 45 minutes on 2 CPU cores
     "default": {},
-    # longer schedules for the best score
+    # a longer schedule (on the holdout no better than the default so far: docs/experiments.md)
     "max": {"epochs": 40},
 }
 
