@@ -45,7 +45,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(f"== 4/4 done in {time.perf_counter() - started:.0f} s")
     print(f"report:     {run_dir / 'report.html'}   (or `make report RUN={run_dir.name}`)")
     print(f"submission: {path}")
-    print("On the full data: `make download train submission` (see README.md).")
+    print("On the full data: `make download train submission` (or `submit` to upload; see README.md).")
     return 0
 
 
