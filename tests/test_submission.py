@@ -382,16 +382,18 @@ def train_tiny(sample_dir: Path, runs_dir: Path, run: str, *args: str) -> None:
 
 @pytest.fixture(scope="module")
 def runs_dir(sample_dir, tmp_path_factory) -> Path:
-    """A folder holding run `a`: tiny, 2 folds, 1 epoch (trained once for the module)."""
+    """A folder holding run `a`: tiny, 2 folds, 1 epoch, a fifth of the sample held out of every fold (trained
+    once for the module)."""
     folder = tmp_path_factory.mktemp("runs")
-    train_tiny(sample_dir, folder, "a")
+    train_tiny(sample_dir, folder, "a", "--holdout", "0.2")
     return folder
 
 
 @pytest.fixture(scope="module")
 def second_run(runs_dir, sample_dir) -> Path:
-    """Run `b` beside `a`: the same folds (same seed) trained for 2 epochs, so the two runs predict differently."""
-    train_tiny(sample_dir, runs_dir, "b", "--epochs", "2")
+    """Run `b` beside `a`: the same folds and holdout (same seed) trained for 2 epochs, so the two runs predict
+    differently."""
+    train_tiny(sample_dir, runs_dir, "b", "--holdout", "0.2", "--epochs", "2")
     return runs_dir / "b"
 
 
@@ -482,10 +484,14 @@ def test_ensemble_of_two_runs(runs_dir, second_run, sample_dir, tmp_path):
     equal = digits_cli("ensemble", "--runs", "a,b", *run_args(runs_dir, sample_dir, submissions))
 
     assert_ok(equal)
-    assert f"a: OOF accuracy {oof_accuracy(runs_dir / 'a'):.5f}, weight 0.500" in equal.stdout
-    assert f"b: OOF accuracy {oof_accuracy(runs_dir / 'b'):.5f}, weight 0.500" in equal.stdout
+    for run in ("a", "b"):
+        assert re.search(
+            rf"^  {run}: OOF accuracy {oof_accuracy(runs_dir / run):.5f}, holdout \d\.\d{{5}}, weight 0\.500$",
+            equal.stdout,
+            re.M,
+        )
     assert "(equal weights)" in equal.stdout
-    assert "holdout" not in equal.stdout  # these runs hold nothing out: no holdout figure, and no complaint
+    assert "holdout accuracy not measured" not in equal.stdout
     (path,) = submissions.glob("ensemble-a+b-cv*.csv")
     assert re.fullmatch(r"ensemble-a\+b-cv\d\.\d{5}\.csv", path.name)
     validate_submission_text(path.read_text(), SAMPLE_TEST_ROWS)
@@ -499,7 +505,10 @@ def test_ensemble_of_two_runs(runs_dir, second_run, sample_dir, tmp_path):
 
     assert_ok(weighted)
     weights = [
-        float(w) for w in re.findall(r"^  [ab]: OOF accuracy \d\.\d{5}, weight (\d\.\d{3})$", weighted.stdout, re.M)
+        float(w)
+        for w in re.findall(
+            r"^  [ab]: OOF accuracy \d\.\d{5}, holdout \d\.\d{5}, weight (\d\.\d{3})$", weighted.stdout, re.M
+        )
     ]
     assert len(weights) == 2 and sum(weights) == pytest.approx(1.0, abs=0.002)
     assert "(oof weights)" in weighted.stdout
@@ -509,28 +518,19 @@ def test_ensemble_of_two_runs(runs_dir, second_run, sample_dir, tmp_path):
     assert f"submission: {oof_path}" in weighted.stdout
 
 
-@pytest.fixture(scope="module")
-def holdout_runs(sample_dir, tmp_path_factory) -> Path:
-    """Runs `ha` and `hb` (1 and 2 epochs) on the same folds with a fifth of the sample held out of every fold."""
-    folder = tmp_path_factory.mktemp("holdout-runs")
-    train_tiny(sample_dir, folder, "ha", "--holdout", "0.2")
-    train_tiny(sample_dir, folder, "hb", "--holdout", "0.2", "--epochs", "2")
-    return folder
-
-
 def holdout_mean_probs(run_dir: Path) -> np.ndarray:
     return np.mean([np.load(run_dir / f"fold_{k}" / "holdout_probs.npy") for k in (0, 1)], axis=0)
 
 
 @pytest.mark.slow
-def test_ensemble_reports_its_accuracy_on_the_common_holdout(holdout_runs, sample_dir, tmp_path):
-    folds = pd.read_csv(holdout_runs / "ha" / "folds.csv")
+def test_ensemble_reports_its_accuracy_on_the_common_holdout(runs_dir, second_run, sample_dir, tmp_path):
+    folds = pd.read_csv(runs_dir / "a" / "folds.csv")
     labels = folds.loc[folds["fold"] == -1, "label"].to_numpy()
-    blended = (holdout_mean_probs(holdout_runs / "ha") + holdout_mean_probs(holdout_runs / "hb")) / 2
+    blended = (holdout_mean_probs(runs_dir / "a") + holdout_mean_probs(runs_dir / "b")) / 2
     assert clear_argmax(blended).all()  # the expected figure does not hang on float rounding
     expected_errors = int((blended.argmax(axis=1) != labels).sum())
 
-    result = digits_cli("ensemble", "--runs", "ha,hb", *run_args(holdout_runs, sample_dir, tmp_path / "subs"))
+    result = digits_cli("ensemble", "--runs", "a,b", *run_args(runs_dir, sample_dir, tmp_path / "subs"))
 
     assert_ok(result)
     assert len(labels) == 600  # a fifth of the sample's 3,000 rows
@@ -538,8 +538,8 @@ def test_ensemble_reports_its_accuracy_on_the_common_holdout(holdout_runs, sampl
         f"ensemble holdout accuracy {1 - expected_errors / len(labels):.5f} on the 600 rows that no fold of any "
         f"run trained on ({expected_errors} errors)" in result.stdout
     )
-    for run in ("ha", "hb"):  # each run alone, as its own training report measured it
-        alone = json.loads((holdout_runs / run / "report.json").read_text())["holdout"]["ensemble_accuracy"]
+    for run in ("a", "b"):  # each run alone, as its own training report measured it
+        alone = json.loads((runs_dir / run / "report.json").read_text())["holdout"]["ensemble_accuracy"]
         assert re.search(
             rf"^  {run}: OOF accuracy \d\.\d{{5}}, holdout {alone:.5f}, weight 0\.500$", result.stdout, re.M
         )
@@ -555,14 +555,14 @@ def test_ensemble_reports_its_accuracy_on_the_common_holdout(holdout_runs, sampl
     ],
 )
 def test_ensemble_with_a_damaged_holdout_file_says_so_and_still_writes_the_blend(
-    holdout_runs, sample_dir, tmp_path, damage, message
+    runs_dir, second_run, sample_dir, tmp_path, damage, message
 ):
     import shutil
 
     runs = tmp_path / "runs"
-    for run in ("ha", "hb"):
-        shutil.copytree(holdout_runs / run, runs / run)
-    damaged = runs / "hb" / "fold_1" / "holdout_probs.npy"
+    for run in ("a", "b"):
+        shutil.copytree(runs_dir / run, runs / run)
+    damaged = runs / "b" / "fold_1" / "holdout_probs.npy"
     if damage == "missing":
         damaged.unlink()
     elif damage == "truncated":
@@ -571,12 +571,12 @@ def test_ensemble_with_a_damaged_holdout_file_says_so_and_still_writes_the_blend
         np.save(damaged, np.full((7, 10), 0.1, np.float32))
     submissions = tmp_path / "subs"
 
-    result = digits_cli("ensemble", "--runs", "ha,hb", *run_args(runs, sample_dir, submissions))
+    result = digits_cli("ensemble", "--runs", "a,b", *run_args(runs, sample_dir, submissions))
 
     assert_ok(result)
     assert f"holdout accuracy not measured: {damaged} {message}" in result.stdout
     assert "ensemble holdout accuracy" not in result.stdout
-    (path,) = submissions.glob("ensemble-ha+hb-cv*.csv")
+    (path,) = submissions.glob("ensemble-a+b-cv*.csv")
     validate_submission_text(path.read_text(), SAMPLE_TEST_ROWS)
 
 
