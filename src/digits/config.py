@@ -95,9 +95,9 @@ def resolve(preset: str = "default", overrides: dict | None = None) -> Config:
         if key not in known:
             raise ConfigError(f"unknown setting '{key}'; known settings: {', '.join(sorted(known))}")
         values[key] = _convert(key, raw, known[key].type)
-    # one spelling per model list ("cnn, cnn_pool" is "cnn,cnn_pool"), so resuming does not hang on spaces
-    values["model"] = ",".join(name.strip() for name in str(values.get("model", Config.model)).split(","))
     config = Config(**values)
+    # one spelling per model list ("cnn, cnn_pool" is "cnn,cnn_pool"), so resuming does not hang on spaces
+    config = dataclasses.replace(config, model=",".join(config.model_names()))
     validate(config)
     return config
 

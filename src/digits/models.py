@@ -171,7 +171,6 @@ def _elastic_layer() -> type:
         def call(self, images, training=True):
             if not training:
                 return images
-            images = tf.convert_to_tensor(images, tf.float32)
             shape = tf.shape(images)
             noise = tf.random.uniform(tf.stack([shape[0], shape[1], shape[2], 2]), -1.0, 1.0, seed=self.seed)
             taps = tf.constant(self._taps)

@@ -391,16 +391,14 @@ def ensemble_holdout(runs: Sequence[RunPredictions], weights: Sequence[float]) -
     labels = frame.loc[held_out, "label"].to_numpy()
     run_probs = []
     for run in runs:
-        fold_count = len(run.fold_test_probs)
-        paths_ = [run.run_dir / f"fold_{k}" / "holdout_probs.npy" for k in range(fold_count)]
-        missing = [p for p in paths_ if not p.is_file()]
-        if missing:
-            raise SubmissionError(
-                f"{missing[0]} is missing, so the ensemble's holdout accuracy cannot be measured: that fold was "
-                f"trained before holdout predictions were saved. Retrain {run.run_dir.name} (a new RUN=<name>)."
-            )
         fold_probs = []
-        for path in paths_:
+        for k in range(len(run.fold_test_probs)):
+            path = run.run_dir / f"fold_{k}" / "holdout_probs.npy"
+            if not path.is_file():
+                raise SubmissionError(
+                    f"{path} is missing, so the ensemble's holdout accuracy cannot be measured: that fold was "
+                    f"trained before holdout predictions were saved. Retrain {run.run_dir.name} (a new RUN=<name>)."
+                )
             try:
                 probs = np.load(path)
             except (OSError, ValueError, EOFError) as error:

@@ -858,9 +858,9 @@ def train_run(
 
 def _models_of(config: Config, todo: list[int]) -> str:
     """`cnn x 5 fold(s)`, or for mixed architectures `cnn x 3 + cnn_pool x 2 fold(s)`."""
-    counts: dict[str, int] = {}
-    for fold in todo:
-        counts[config.fold_model(fold)] = counts.get(config.fold_model(fold), 0) + 1
+    from collections import Counter
+
+    counts = Counter(config.fold_model(fold) for fold in todo)
     return " + ".join(f"{name} x {count}" for name, count in counts.items()) + " fold(s)"
 
 
