@@ -100,6 +100,8 @@ def test_config_round_trips_through_json():
         ("default", {"model": "cnn,cnn"}, "MODEL=cnn,cnn names a model twice"),
         ("default", {"elastic": "-1"}, "elastic=-1.0 must not be negative"),
         ("default", {"elastic_sigma": "0"}, "elastic_sigma=0.0 must be positive"),
+        ("default", {"dropout_scale": "-0.5"}, r"dropout_scale=-0.5 must be in \[0, 2\]"),
+        ("default", {"dropout_scale": "3"}, r"dropout_scale=3.0 must be in \[0, 2\]"),
         ("default", {"folds": "1"}, "FOLDS=1: k-fold training needs at least 2 folds"),
         ("default", {"folds": "two"}, "folds='two' is not an integer"),
         ("default", {"epochs": "0"}, "EPOCHS=0: train for at least 1 epoch"),

@@ -101,6 +101,7 @@ def test_download_train_report_submission_through_make(tmp_path):
         "EPOCHS=1",
         "SEED=3",
         "ELASTIC=34",
+        "DROPOUT=0.5",
         "RUN=viamake",
         root=tmp_path,
     )
@@ -113,6 +114,7 @@ def test_download_train_report_submission_through_make(tmp_path):
         config["epochs"],
         config["seed"],
         config["elastic"],
+        config["dropout_scale"],
     ) == (
         "quick",
         "tiny",
@@ -120,6 +122,7 @@ def test_download_train_report_submission_through_make(tmp_path):
         1,
         3,
         34.0,
+        0.5,
     )
     report = make("report", root=tmp_path)  # RUN defaults to the latest run
     assert report.returncode == 0, report.stderr

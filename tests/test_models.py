@@ -148,3 +148,28 @@ def test_augmenter_includes_the_elastic_distortion_only_when_asked():
     elastic = models.augmenter(10, 0.1, 0.1, seed=1, elastic_alpha=34, elastic_sigma=4)
     assert "ElasticDistortion" not in [type(layer).__name__ for layer in plain.layers]
     assert [type(layer).__name__ for layer in elastic.layers][0] == "ElasticDistortion"
+
+
+@pytest.mark.parametrize("name", ["cnn", "cnn_pool"])
+def test_dropout_scale_multiplies_every_rate_and_zero_turns_dropout_off(name):
+    own = [layer.rate for layer in models.build_model(name).layers if isinstance(layer, keras.layers.Dropout)]
+    assert own and all(rate > 0 for rate in own)
+    half = models.build_model(name, dropout_scale=0.5)
+    assert [layer.rate for layer in half.layers if isinstance(layer, keras.layers.Dropout)] == pytest.approx(
+        [rate / 2 for rate in own]
+    )
+    # the scaled rate is what a saved model carries
+    assert [c["config"]["rate"] for c in half.get_config()["layers"] if c["class_name"] == "Dropout"] == pytest.approx(
+        [rate / 2 for rate in own]
+    )
+    digits = np.random.default_rng(0).uniform(0, 255, (8, 28, 28, 1)).astype(np.float32)
+    off = models.build_model(name, dropout_scale=0.0)
+    # with dropout off, only batch statistics vary in training mode: the same batch gives the same output twice
+    np.testing.assert_allclose(off(digits, training=True), off(digits, training=True), rtol=1e-5, atol=1e-6)
+    on = models.build_model(name)
+    assert not np.allclose(on(digits, training=True), on(digits, training=True))
+
+
+def test_a_dropout_scale_that_would_make_a_rate_reach_one_is_refused():
+    with pytest.raises(ValueError, match="dropout_scale=2.5 makes .* rate 1; it must be in \\[0, 1\\)"):
+        models.build_model("cnn", dropout_scale=2.5)

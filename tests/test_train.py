@@ -473,7 +473,20 @@ def test_the_peak_memory_of_a_process_started_for_a_fold_is_its_own():
 def test_a_run_can_mix_architectures_fold_by_fold(sample_dir, tmp_path):
     runs_dir = tmp_path / "runs"
 
-    result = train_cli(sample_dir, runs_dir, "--model", "tiny,cnn_pool", "--folds", "2", "--epochs", "1", "--run", "m")
+    result = train_cli(
+        sample_dir,
+        runs_dir,
+        "--model",
+        "tiny,cnn_pool",
+        "--folds",
+        "2",
+        "--epochs",
+        "1",
+        "--dropout",
+        "0.5",
+        "--run",
+        "m",
+    )
 
     assert result.returncode == 0, result.stderr[-3000:]
     assert "run m: tiny x 1 + cnn_pool x 1 fold(s), 1 epochs" in result.stdout
@@ -485,6 +498,15 @@ def test_a_run_can_mix_architectures_fold_by_fold(sample_dir, tmp_path):
     assert re.search(r"^fold  model .*\n   0  tiny .*\n   1  cnn_pool ", result.stdout, re.M)
     page = (runs_dir / "m" / "report.html").read_text()
     assert "<td>tiny</td>" in page and "<td>cnn_pool</td>" in page
+    # DROPOUT=0.5 reached the fold's model: the saved cnn_pool has half the registry's dropout rates
+    import keras
+
+    from digits import models
+
+    saved = keras.saving.load_model(runs_dir / "m" / "fold_1" / "model.keras", safe_mode=True)
+    own = models.build_model("cnn_pool")
+    rates = [[layer.rate for layer in m.layers if isinstance(layer, keras.layers.Dropout)] for m in (saved, own)]
+    assert rates[0] == pytest.approx([rate / 2 for rate in rates[1]]) and rates[1]
 
 
 def test_the_train_command_itself_never_imports_tensorflow(sample_dir, tmp_path):

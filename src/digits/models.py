@@ -35,10 +35,24 @@ def register(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
     return add
 
 
-def build_model(name: str, num_classes: int = 10) -> keras.Model:
+def build_model(name: str, num_classes: int = 10, dropout_scale: float = 1.0) -> keras.Model:
+    """The registry's model `name`, with every dropout rate multiplied by `dropout_scale` (1 keeps the
+    architecture's own rates; 0 turns dropout off, as short schedules that underfit may want)."""
     if name not in MODELS:
         raise KeyError(f"unknown model '{name}'; choose one of: {', '.join(sorted(MODELS))}")
-    return MODELS[name](num_classes)
+    model = MODELS[name](num_classes)
+    if dropout_scale != 1.0:
+        from keras import layers
+
+        for layer in model.layers:
+            if isinstance(layer, layers.Dropout):
+                rate = layer.rate * dropout_scale
+                if not 0.0 <= rate < 1.0:
+                    raise ValueError(
+                        f"dropout_scale={dropout_scale} makes {layer.name}'s rate {rate:g}; it must be in [0, 1)"
+                    )
+                layer.rate = rate  # read when the layer is called, and saved by get_config
+    return model
 
 
 def _conv_bn(x, filters: int, kernel: int, strides: int = 1, padding: str = "valid"):

@@ -370,7 +370,7 @@ def train_fold(
     steps_per_epoch = int(np.ceil(len(fold_data.train_labels) / config.batch))
 
     with distribution_strategy().scope():
-        model = models.build_model(config.fold_model(fold))
+        model = models.build_model(config.fold_model(fold), dropout_scale=config.dropout_scale)
         model.compile(
             optimizer=keras.optimizers.Adam(learning_rate=cosine_schedule(config, steps_per_epoch)),
             loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
@@ -884,6 +884,7 @@ def resolve_run_dir(run: str | None, runs_dir: Path = paths.RUNS_DIR) -> Path:
 def _cmd_train(args: argparse.Namespace) -> int:
     keys = ("folds", "epochs", "batch", "model", "seed", "only", "holdout", "pseudo", "pseudo_confidence", "elastic")
     overrides = {key: getattr(args, key) for key in keys}
+    overrides["dropout_scale"] = args.dropout
     overrides["deterministic"] = True if args.deterministic else None
     for item in args.set or []:
         key, _, value = item.partition("=")
@@ -943,6 +944,7 @@ def register_commands(commands) -> None:
     train.add_argument("--pseudo", help="a finished run (same folds) whose confident test predictions join training")
     train.add_argument("--pseudo-confidence", help="teacher probability needed for a pseudo-label (default 0.99)")
     train.add_argument("--elastic", help="elastic distortion strength (alpha; 0 = off, 34 = Simard's; sigma via --set)")
+    train.add_argument("--dropout", help="multiply the model's dropout rates by this (1 = as built, 0 = off)")
     train.add_argument("--deterministic", action="store_true")
     train.add_argument("--set", action="append", metavar="KEY=VALUE", help="any other config field")
     train.add_argument("--run", default=None, help="run name (default: a timestamp)")
