@@ -66,6 +66,7 @@ def test_presets_resolve_and_overrides_are_typed():
     )
     assert config.fold_ids() == [0, 2]
     assert config_lib.resolve("default").folds == 5
+    assert (config.dropout_scale, config_lib.resolve("default").dropout_scale) == (0.0, 1.0)
     # ONLY does not change what a run is: folds of one run may be trained by different processes
     assert config.identity() == config_lib.resolve("quick", {"epochs": 7, "holdout": 0.1, "augment": False}).identity()
 
@@ -86,6 +87,9 @@ def test_config_round_trips_through_json():
     assert (student.pseudo, student.pseudo_confidence) == ("teacher", 0.999)
     assert config_lib.from_dict(student.to_dict()) == student
     assert student.identity() != config_lib.resolve("default", {"pseudo": "other"}).identity()
+    # a config.json written before dropout_scale existed keeps the dropout it trained with
+    old = {key: value for key, value in config_lib.resolve("quick").to_dict().items() if key != "dropout_scale"}
+    assert config_lib.from_dict(old).dropout_scale == 1.0
 
 
 @pytest.mark.parametrize(

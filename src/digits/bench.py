@@ -58,7 +58,7 @@ def _plain_model(cfg: config_lib.Config):
 
     from digits.models import augmenter, build_model
 
-    inner = build_model(cfg.model)
+    inner = build_model(cfg.model, dropout_scale=cfg.dropout_scale)
     inputs = keras.Input(inner.input_shape[1:])
     x = augmenter(cfg.rotation, cfg.zoom, cfg.shift, seed=cfg.seed)(inputs)
     return keras.Model(inputs, inner(x))
@@ -143,7 +143,9 @@ def run_benchmark(
 
     # 1. Steady-state throughput, one epoch each after a short warm-up, interleaved in one process.
     log(f"throughput: our pipeline (batch {cfg.batch}) vs plain model.fit (batch 64), {len(x_train):,} images each")
-    ours_model = _compile(models.build_model(cfg.model), cfg, int(np.ceil(len(x_train) / cfg.batch)), 1)
+    ours_model = _compile(
+        models.build_model(cfg.model, dropout_scale=cfg.dropout_scale), cfg, int(np.ceil(len(x_train) / cfg.batch)), 1
+    )
     ours_ds = make_train_dataset(x_train, y_train, cfg, seed=0)
     ours_model.fit(ours_ds.take(10), verbose=0, shuffle=False)
     ours_ips = _throughput(lambda: ours_model.fit(ours_ds, verbose=0, shuffle=False), len(x_train))
@@ -176,7 +178,12 @@ def run_benchmark(
         started = time.perf_counter()
         timer = _EpochTimer(started)
         if name == "ours":
-            model = _compile(models.build_model(cfg.model), cfg, int(np.ceil(len(x_train) / cfg.batch)), epochs)
+            model = _compile(
+                models.build_model(cfg.model, dropout_scale=cfg.dropout_scale),
+                cfg,
+                int(np.ceil(len(x_train) / cfg.batch)),
+                epochs,
+            )
             model.fit(
                 make_train_dataset(x_train, y_train, cfg, seed=1),
                 epochs=epochs,
