@@ -527,17 +527,25 @@ def test_ensemble_reports_its_accuracy_on_the_common_holdout(runs_dir, second_ru
     folds = pd.read_csv(runs_dir / "a" / "folds.csv")
     labels = folds.loc[folds["fold"] == -1, "label"].to_numpy()
     blended = (holdout_mean_probs(runs_dir / "a") + holdout_mean_probs(runs_dir / "b")) / 2
-    assert clear_argmax(blended).all()  # the expected figure does not hang on float rounding
-    expected_errors = int((blended.argmax(axis=1) != labels).sum())
+    # The tiny models' probabilities are close to uniform, so a row whose top two classes are within float
+    # rounding of each other may go either way in the CLI's own sum: such rows may count as right or wrong.
+    clear = clear_argmax(blended)
+    wrong = blended.argmax(axis=1) != labels
+    fewest, most = int((wrong & clear).sum()), int((wrong | ~clear).sum())
+    assert most - fewest <= 3  # nearly every row is decided, so the check below stays tight
 
     result = digits_cli("ensemble", "--runs", "a,b", *run_args(runs_dir, sample_dir, tmp_path / "subs"))
 
     assert_ok(result)
     assert len(labels) == 600  # a fifth of the sample's 3,000 rows
-    assert (
-        f"ensemble holdout accuracy {1 - expected_errors / len(labels):.5f} on the 600 rows that no fold of any "
-        f"run trained on ({expected_errors} errors)" in result.stdout
+    printed = re.search(
+        r"ensemble holdout accuracy (\d\.\d{5}) on the 600 rows that no fold of any run trained on \((\d+) errors\)",
+        result.stdout,
     )
+    assert printed, result.stdout
+    errors = int(printed[2])
+    assert fewest <= errors <= most
+    assert printed[1] == f"{1 - errors / len(labels):.5f}"
     for run in ("a", "b"):  # each run alone, as its own training report measured it
         alone = json.loads((runs_dir / run / "report.json").read_text())["holdout"]["ensemble_accuracy"]
         assert re.search(
