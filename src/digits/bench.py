@@ -64,6 +64,15 @@ def _plain_model(cfg: config_lib.Config):
     return keras.Model(inputs, inner(x))
 
 
+def _our_model(cfg: config_lib.Config, images: int, epochs: int):
+    """The config's model as `make train` builds it, compiled for `epochs` epochs of `images` at cfg's batch size."""
+    from digits.models import build_model
+
+    return _compile(
+        build_model(cfg.model, dropout_scale=cfg.dropout_scale), cfg, int(np.ceil(images / cfg.batch)), epochs
+    )
+
+
 def _compile(model, cfg: config_lib.Config, steps_per_epoch: int, epochs: int):
     import keras
 
@@ -117,7 +126,6 @@ def run_benchmark(
     import keras
     import tensorflow as tf
 
-    from digits import models
     from digits.train import configure_tensorflow, make_eval_dataset, make_train_dataset
 
     cfg = config_lib.resolve("default")
@@ -143,9 +151,7 @@ def run_benchmark(
 
     # 1. Steady-state throughput, one epoch each after a short warm-up, interleaved in one process.
     log(f"throughput: our pipeline (batch {cfg.batch}) vs plain model.fit (batch 64), {len(x_train):,} images each")
-    ours_model = _compile(
-        models.build_model(cfg.model, dropout_scale=cfg.dropout_scale), cfg, int(np.ceil(len(x_train) / cfg.batch)), 1
-    )
+    ours_model = _our_model(cfg, len(x_train), 1)
     ours_ds = make_train_dataset(x_train, y_train, cfg, seed=0)
     ours_model.fit(ours_ds.take(10), verbose=0, shuffle=False)
     ours_ips = _throughput(lambda: ours_model.fit(ours_ds, verbose=0, shuffle=False), len(x_train))
@@ -178,12 +184,7 @@ def run_benchmark(
         started = time.perf_counter()
         timer = _EpochTimer(started)
         if name == "ours":
-            model = _compile(
-                models.build_model(cfg.model, dropout_scale=cfg.dropout_scale),
-                cfg,
-                int(np.ceil(len(x_train) / cfg.batch)),
-                epochs,
-            )
+            model = _our_model(cfg, len(x_train), epochs)
             model.fit(
                 make_train_dataset(x_train, y_train, cfg, seed=1),
                 epochs=epochs,

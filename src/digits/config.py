@@ -202,8 +202,8 @@ def validate(config: Config) -> None:
         fail(f"label_smoothing={config.label_smoothing} must be in [0, 1)")
     if not 0.0 <= config.dropout_scale <= 2.0:
         fail(
-            f"dropout_scale={config.dropout_scale} must be in [0, 2]: it multiplies the model's dropout rates "
-            f"(1 keeps them, 0 turns dropout off)"
+            f"DROPOUT={config.dropout_scale} (dropout_scale) must be in [0, 2]: it multiplies the model's dropout "
+            f"rates (1 keeps them, 0 turns dropout off)"
         )
     if config.pseudo is not None and not config.pseudo.strip():
         fail("PSEUDO is empty: give the name of a finished run whose test predictions become pseudo-labels")
