@@ -19,7 +19,7 @@ train_args = $(call opt,PRESET,preset) $(call opt,FOLDS,folds) $(call opt,EPOCHS
 	$(call opt,ELASTIC,elastic) $(call opt,DROPOUT,dropout) \
 	$(if $(filter 1 yes true,$(DETERMINISTIC)),--deterministic)
 
-.PHONY: help .venv download sample test test-fast lint format train report submission ensemble submit submissions \
+.PHONY: help .venv download sample test test-fast lint format train report submission ensemble compare submit submissions \
 	bench predict demo clean
 
 help: ## List the targets (this text)
@@ -29,7 +29,7 @@ help: ## List the targets (this text)
 	@echo
 	@echo "Variables: COMPETITION SOURCE FORCE (download); PRESET FOLDS EPOCHS BATCH MODEL SEED RUN ONLY"
 	@echo "           HOLDOUT PSEUDO PSEUDO_CONFIDENCE ELASTIC DROPOUT DETERMINISTIC (train); RUN (report, submission, submit); TTA (submission);"
-	@echo "           RUNS WEIGHTS (ensemble); FILE MESSAGE (submit); IMAGE RUN (predict). See README.md."
+	@echo "           RUNS WEIGHTS (ensemble); RUNS (compare); FILE MESSAGE (submit); IMAGE RUN (predict). See README.md."
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	@echo ">> building $(VENV) from requirements.txt (first time: a few minutes, ~2.5 GB)"
@@ -59,6 +59,10 @@ submission: .venv ## Blend a run's folds into submissions/<run>-cv<OOF acc>.csv 
 ensemble: .venv ## Blend several runs into one submission (RUNS=a,b WEIGHTS=equal|oof)
 	@test -n "$(RUNS)" || { echo "make ensemble needs RUNS=run1,run2"; exit 2; }
 	$(DIGITS) ensemble --runs '$(RUNS)' $(call opt,WEIGHTS,weights)
+
+compare: .venv ## Is one run better than another? Paired tests on the rows they share (RUNS=a,b: each later run against a)
+	@test -n "$(RUNS)" || { echo "make compare needs RUNS=run1,run2 (each later run is compared with the first)"; exit 2; }
+	$(DIGITS) compare --runs '$(RUNS)'
 
 submit: .venv ## Upload a submission to Kaggle and print its score (FILE, default the latest run's; MESSAGE)
 	$(DIGITS) submit --competition '$(COMPETITION)' $(call opt,RUN,run) $(call opt,FILE,file) $(call opt,MESSAGE,message)

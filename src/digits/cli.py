@@ -66,15 +66,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--submissions-dir", default=str(paths.SUBMISSIONS_DIR))
     demo.set_defaults(handler=_cmd_demo)
 
-    from digits import predict, submission, train  # light imports: TensorFlow loads only when a command needs it
+    # light imports: TensorFlow loads only when a command needs it
+    from digits import compare, predict, submission, train
 
     train.register_commands(commands)
     submission.register_commands(commands)
+    compare.register_commands(commands)
     predict.register_commands(commands)
     return parser
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
+    from digits.compare import CompareError
     from digits.config import ConfigError
     from digits.data import DataError
     from digits.download import DownloadError
@@ -82,7 +85,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from digits.submission import SubmissionError
     from digits.train import RunError
 
-    return UserError, DataError, DownloadError, ConfigError, RunError, SubmissionError, PredictError
+    return UserError, DataError, DownloadError, ConfigError, RunError, SubmissionError, PredictError, CompareError
 
 
 def main(argv: list[str] | None = None) -> int:
