@@ -62,16 +62,16 @@ def test_paired_counts_the_rows_each_run_alone_gets_wrong():
 
 
 def test_verdict_names_the_better_run_only_when_the_split_is_unlikely():
-    assert verdict(Paired("x", 4200, 18, 12, 6, 0), "a", "b") == "p = 0.031: b is better"
-    assert verdict(Paired("x", 4200, 12, 18, 0, 6), "a", "b") == "p = 0.031: a is better"
+    assert verdict(Paired("x", 4200, 18, 12, 6, 0), "a", "b") == "p = 0.031: b has fewer errors here"
+    assert verdict(Paired("x", 4200, 12, 18, 0, 6), "a", "b") == "p = 0.031: a has fewer errors here"
     assert verdict(Paired("x", 4200, 18, 14, 5, 1), "a", "b") == "p = 0.22: within noise"
     assert verdict(Paired("x", 4200, 18, 18, 4, 4), "a", "b") == "p = 1: within noise"
 
 
 def test_setting_changes_lists_what_defines_the_runs():
     a = config_lib.resolve("default", {"holdout": "0.1"})
-    b = config_lib.resolve("max", {"holdout": "0.1", "dropout_scale": "0", "only": "0,1"})
-    assert setting_changes(a, b) == ["preset default -> max", "epochs 24 -> 40", "dropout_scale 1.0 -> 0.0"]
+    b = config_lib.resolve("max", {"holdout": "0.1", "dropout_scale": "0.5", "only": "0,1"})
+    assert setting_changes(a, b) == ["preset default -> max", "epochs 24 -> 40", "dropout_scale 0.0 -> 0.5"]
     assert setting_changes(a, a) == []
 
 
@@ -196,3 +196,25 @@ def test_compare_refuses_runs_trained_on_different_data(runs, tmp_path):
     stderr = assert_user_error(compare(other, "a,b"))
     assert f"disagree on the label of train row {oof.loc[0, 'row_id']}" in stderr
     assert "different train.csv files" in stderr
+
+
+@pytest.mark.slow
+def test_compare_says_which_holdout_figures_it_could_not_compare(runs, tmp_path):
+    import shutil
+
+    for run in ("a", "b", "c"):
+        shutil.copytree(runs / run, tmp_path / run)
+    shutil.copytree(runs / "b", tmp_path / "old")  # as if trained before holdout predictions were saved
+    (tmp_path / "old" / "fold_1" / "holdout_probs.npy").unlink()
+    (tmp_path / "b" / "fold_0" / "holdout_tta_probs.npy").unlink()  # TTA not measured for one fold
+
+    result = compare(tmp_path, "a,b,old")
+
+    assert_ok(result)
+    text_b, text_old = block(result.stdout, "b"), block(result.stdout, "old")
+    assert "holdout, fold ensemble (600 rows)" in text_b
+    assert "holdout, with TTA" not in text_b
+    assert "holdout with TTA not compared: not measured for b (`make submission RUN=<run> TTA=1` measures it)" in text_b
+    assert "holdout, " not in text_old
+    assert "holdout not compared: old lacks a fold's holdout_probs.npy" in text_old
+    assert "  OOF, one model per row" in text_old  # the OOF rows are still compared

@@ -129,7 +129,7 @@ def test_download_train_report_submission_through_make(tmp_path):
     assert "run viamake" in report.stdout and "OOF accuracy" in report.stdout
     compared = make("compare", "RUNS=viamake,viamake", root=tmp_path)  # a run against itself: no difference
     assert compared.returncode == 0, compared.stderr[-2000:]
-    assert "viamake against viamake (settings that differ: none" in compared.stdout
+    assert "viamake against viamake (settings that differ: none, the same recipe again)" in compared.stdout
     assert re.search(r"wrong only in viamake: 0, only in viamake: 0; p = 1: within noise", compared.stdout)
     submission = make("submission", "RUN=viamake", root=tmp_path)
     assert submission.returncode == 0, submission.stderr[-2000:]

@@ -173,7 +173,20 @@ def compare_pair(a: Run, b: Run) -> dict:
     else:
         notes.append("no train row is out-of-fold in both runs")
     if len(a.holdout_rows) and np.array_equal(a.holdout_rows, b.holdout_rows):
+        if not np.array_equal(a.holdout_labels, b.holdout_labels):
+            raise CompareError(
+                f"{a.name} and {b.name} hold out the same rows with different labels: they were trained on "
+                f"different train.csv files. Compare runs trained on the same data."
+            )
         for what in ("fold ensemble", "with TTA"):
+            if what == "fold ensemble" and not (what in a.holdout_predictions and what in b.holdout_predictions):
+                missing = [run.name for run in (a, b) if what not in run.holdout_predictions]
+                notes.append(
+                    f"holdout not compared: {' and '.join(missing)} {'lacks' if len(missing) == 1 else 'lack'} a fold's "
+                    f"holdout_probs.npy (trained before "
+                    f"holdout predictions were saved); retrain it to compare on the holdout"
+                )
+                break
             if what in a.holdout_predictions and what in b.holdout_predictions:
                 comparisons.append(
                     paired(
@@ -183,7 +196,7 @@ def compare_pair(a: Run, b: Run) -> dict:
                         b.holdout_predictions[what],
                     )
                 )
-            elif what == "with TTA" and (a.holdout_predictions or b.holdout_predictions):
+            else:
                 missing = [run.name for run in (a, b) if what not in run.holdout_predictions]
                 notes.append(
                     f"holdout with TTA not compared: not measured for {', '.join(missing)} "
@@ -207,13 +220,13 @@ def verdict(comparison: Paired, name_a: str, name_b: str) -> str:
     p = comparison.p_value
     if comparison.only_a == comparison.only_b or p >= SIGNIFICANCE:
         return f"p = {p:.2g}: within noise"
-    better = name_b if comparison.only_a > comparison.only_b else name_a
-    return f"p = {p:.2g}: {better} is better"
+    fewer = name_b if comparison.only_a > comparison.only_b else name_a
+    return f"p = {p:.2g}: {fewer} has fewer errors here"
 
 
 def format_pair(result: dict) -> str:
     a, b = result["baseline"], result["run"]
-    changes = "; ".join(result["changes"]) or "none: the same settings (another try of one recipe)"
+    changes = "; ".join(result["changes"]) or "none, the same recipe again"
     lines = [f"{b} against {a} (settings that differ: {changes})"]
     for comparison in result["comparisons"]:
         difference = comparison.errors_b - comparison.errors_a
