@@ -25,7 +25,10 @@ import pandas as pd
 from digits import config as config_lib
 from digits import folds as folds_lib
 from digits import paths
+from digits.submission import load_holdout_probs
 
+# What each holdout comparison reads from every fold folder.
+HOLDOUT_KINDS = {"fold ensemble": "holdout_probs.npy", "with TTA": "holdout_tta_probs.npy"}
 # A split of the disagreeing rows this unlikely under "equally good" counts as a difference.
 SIGNIFICANCE = 0.05
 
@@ -117,7 +120,7 @@ def load(run_dir: Path) -> Run:
     holdout_labels = frame.loc[held_out, "label"].to_numpy()
     predictions: dict[str, np.ndarray] = {}
     if held_out.any():
-        for what, file_name in (("fold ensemble", "holdout_probs.npy"), ("with TTA", "holdout_tta_probs.npy")):
+        for what, file_name in HOLDOUT_KINDS.items():
             probs = _holdout_probs(run_dir, config.folds, file_name, len(holdout_rows))
             if probs is not None:
                 predictions[what] = probs.argmax(axis=1)
@@ -130,18 +133,7 @@ def _holdout_probs(run_dir: Path, fold_count: int, file_name: str, rows: int) ->
     paths_ = [run_dir / f"fold_{k}" / file_name for k in range(fold_count)]
     if not all(path.is_file() for path in paths_):
         return None
-    fold_probs = []
-    for path in paths_:
-        try:
-            probs = np.load(path)
-        except (OSError, ValueError, EOFError) as error:
-            raise CompareError(f"{path} cannot be read ({error}); retrain that fold or the run.") from error
-        if probs.shape[0] != rows:
-            raise CompareError(
-                f"{path} holds {probs.shape[0]} rows but {run_dir / 'folds.csv'} holds out {rows}: the fold "
-                f"folder comes from another run. Copy back the run's own fold folder, or retrain it."
-            )
-        fold_probs.append(probs)
+    fold_probs = [load_holdout_probs(path, run_dir, rows) for path in paths_]
     return np.mean(fold_probs, axis=0)
 
 
@@ -178,30 +170,30 @@ def compare_pair(a: Run, b: Run) -> dict:
                 f"{a.name} and {b.name} hold out the same rows with different labels: they were trained on "
                 f"different train.csv files. Compare runs trained on the same data."
             )
-        for what in ("fold ensemble", "with TTA"):
-            if what == "fold ensemble" and not (what in a.holdout_predictions and what in b.holdout_predictions):
-                missing = [run.name for run in (a, b) if what not in run.holdout_predictions]
-                notes.append(
-                    f"holdout not compared: {' and '.join(missing)} {'lacks' if len(missing) == 1 else 'lack'} a fold's "
-                    f"holdout_probs.npy (trained before "
-                    f"holdout predictions were saved); retrain it to compare on the holdout"
-                )
-                break
-            if what in a.holdout_predictions and what in b.holdout_predictions:
-                comparisons.append(
-                    paired(
-                        f"holdout, {what}",
-                        a.holdout_labels,
-                        a.holdout_predictions[what],
-                        b.holdout_predictions[what],
+        lacking = {what: [run.name for run in (a, b) if what not in run.holdout_predictions] for what in HOLDOUT_KINDS}
+        if lacking["fold ensemble"]:
+            names = lacking["fold ensemble"]
+            notes.append(
+                f"holdout not compared: {' and '.join(names)} {'lacks' if len(names) == 1 else 'lack'} a fold's "
+                f"holdout_probs.npy (trained before holdout predictions were saved); retrain it to compare on "
+                f"the holdout"
+            )
+        else:
+            for what in HOLDOUT_KINDS:
+                if lacking[what]:  # only TTA can be missing here
+                    notes.append(
+                        f"holdout with TTA not compared: not measured for {', '.join(lacking[what])} "
+                        f"(`make submission RUN=<run> TTA=1` measures it)"
                     )
-                )
-            else:
-                missing = [run.name for run in (a, b) if what not in run.holdout_predictions]
-                notes.append(
-                    f"holdout with TTA not compared: not measured for {', '.join(missing)} "
-                    f"(`make submission RUN=<run> TTA=1` measures it)"
-                )
+                else:
+                    comparisons.append(
+                        paired(
+                            f"holdout, {what}",
+                            a.holdout_labels,
+                            a.holdout_predictions[what],
+                            b.holdout_predictions[what],
+                        )
+                    )
     elif len(a.holdout_rows) or len(b.holdout_rows):
         notes.append(
             f"holdout not compared: the runs hold out different rows (HOLDOUT {a.config.holdout} and "

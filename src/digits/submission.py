@@ -375,6 +375,22 @@ def make_ensemble(
     return path
 
 
+def load_holdout_probs(path: Path, run_dir: Path, rows: int) -> np.ndarray:
+    """One fold's saved holdout probabilities (`holdout_probs.npy` or its TTA twin), checked against the `rows`
+    that `run_dir`'s folds.csv holds out: a SubmissionError says what is wrong and what to do."""
+    try:
+        probs = np.load(path)
+    except (OSError, ValueError, EOFError) as error:
+        raise SubmissionError(f"{path} cannot be read ({error}); retrain {run_dir.name} (a new RUN=<name>).") from error
+    if probs.shape != (rows, data.NUM_CLASSES):
+        raise SubmissionError(
+            f"{path} holds predictions of shape {probs.shape}, not one row per holdout row of "
+            f"{run_dir / 'folds.csv'} ({rows}, {data.NUM_CLASSES}): the fold folder comes "
+            f"from another run. Copy back the run's own fold folder, or retrain it."
+        )
+    return probs
+
+
 def ensemble_holdout(runs: Sequence[RunPredictions], weights: Sequence[float]) -> dict | None:
     """The blend's accuracy on the runs' common holdout (None when the runs have none).
 
@@ -399,19 +415,7 @@ def ensemble_holdout(runs: Sequence[RunPredictions], weights: Sequence[float]) -
                     f"{path} is missing, so the ensemble's holdout accuracy cannot be measured: that fold was "
                     f"trained before holdout predictions were saved. Retrain {run.run_dir.name} (a new RUN=<name>)."
                 )
-            try:
-                probs = np.load(path)
-            except (OSError, ValueError, EOFError) as error:
-                raise SubmissionError(
-                    f"{path} cannot be read ({error}); retrain {run.run_dir.name} (a new RUN=<name>)."
-                ) from error
-            if probs.shape != (len(labels), data.NUM_CLASSES):
-                raise SubmissionError(
-                    f"{path} holds predictions of shape {probs.shape}, not one row per holdout row of "
-                    f"{runs[0].run_dir / 'folds.csv'} ({len(labels)}, {data.NUM_CLASSES}): the fold folder comes "
-                    f"from another run. Copy back the run's own fold folder, or retrain it."
-                )
-            fold_probs.append(probs)
+            fold_probs.append(load_holdout_probs(path, run.run_dir, len(labels)))
         run_probs.append(blend(fold_probs))
     blended = blend(run_probs, weights)
     wrong = int((blended.argmax(axis=1) != labels).sum())
