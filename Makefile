@@ -29,7 +29,7 @@ help: ## List the targets (this text)
 	@echo
 	@echo "Variables: COMPETITION SOURCE FORCE (download); PRESET FOLDS EPOCHS BATCH MODEL SEED RUN ONLY"
 	@echo "           HOLDOUT PSEUDO PSEUDO_CONFIDENCE ELASTIC DROPOUT DETERMINISTIC (train); RUN (report, submission, submit); TTA (submission);"
-	@echo "           RUNS WEIGHTS (ensemble); RUNS (compare); FILE MESSAGE (submit); IMAGE RUN (predict). See README.md."
+	@echo "           RUNS WEIGHTS (ensemble); RUNS OUT (compare); FILE MESSAGE (submit); IMAGE RUN (predict). See README.md."
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	@echo ">> building $(VENV) from requirements.txt (first time: a few minutes, ~2.5 GB)"
@@ -60,9 +60,9 @@ ensemble: .venv ## Blend several runs into one submission (RUNS=a,b WEIGHTS=equa
 	@test -n "$(RUNS)" || { echo "make ensemble needs RUNS=run1,run2"; exit 2; }
 	$(DIGITS) ensemble --runs '$(RUNS)' $(call opt,WEIGHTS,weights)
 
-compare: .venv ## Is one run better than another? Paired tests on the rows they share (RUNS=a,b: each later run against a)
+compare: .venv ## Is one run better than another? Paired tests on the rows they share (RUNS=a,b: each later run against a; OUT=folder)
 	@test -n "$(RUNS)" || { echo "make compare needs RUNS=run1,run2 (each later run is compared with the first)"; exit 2; }
-	$(DIGITS) compare --runs '$(RUNS)'
+	$(DIGITS) compare --runs '$(RUNS)' $(call opt,OUT,out)
 
 submit: .venv ## Upload a submission to Kaggle and print its score (FILE, default the latest run's; MESSAGE)
 	$(DIGITS) submit --competition '$(COMPETITION)' $(call opt,RUN,run) $(call opt,FILE,file) $(call opt,MESSAGE,message)

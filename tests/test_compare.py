@@ -16,7 +16,19 @@ import pandas as pd
 import pytest
 
 from digits import config as config_lib
-from digits.compare import Paired, mcnemar_p, paired, setting_changes, verdict
+from digits import data
+from digits.compare import (
+    PICTURE_LIMIT,
+    CompareError,
+    Disputed,
+    Paired,
+    compare_runs,
+    mcnemar_p,
+    paired,
+    picture_sections,
+    setting_changes,
+    verdict,
+)
 from helpers import assert_ok, assert_user_error, run_digits, tiny_train_args
 
 # --- the statistics ------------------------------------------------------------------------------
@@ -61,6 +73,16 @@ def test_paired_counts_the_rows_each_run_alone_gets_wrong():
     assert (result.rows, result.errors_a, result.errors_b, result.only_a, result.only_b) == (8, 3, 2, 2, 1)
 
 
+def test_paired_lists_the_disputed_rows_by_row_id():
+    labels = np.array([0, 1, 2, 3, 4, 5])
+    a = np.array([0, 7, 2, 9, 4, 8])  # wrong on rows 1, 3, 5
+    b = np.array([0, 1, 2, 8, 6, 5])  # wrong on rows 3, 4
+    result = paired("test", labels, a, b, row_ids=np.array([50, 40, 30, 20, 10, 0]))
+    # row 3 (id 20) is wrong in both: not disputed
+    assert result.disputed == (Disputed(0, 5, 8, 5), Disputed(10, 4, 4, 6), Disputed(40, 1, 7, 1))
+    assert (result.only_a, result.only_b) == (2, 1)
+
+
 def test_verdict_names_the_better_run_only_when_the_split_is_unlikely():
     assert verdict(Paired("x", 4200, 18, 12, 6, 0), "a", "b") == "p = 0.031: b has fewer errors here"
     assert verdict(Paired("x", 4200, 12, 18, 0, 6), "a", "b") == "p = 0.031: a has fewer errors here"
@@ -73,6 +95,151 @@ def test_setting_changes_lists_what_defines_the_runs():
     b = config_lib.resolve("max", {"holdout": "0.1", "dropout_scale": "0.5", "only": "0,1"})
     assert setting_changes(a, b) == ["preset default -> max", "epochs 24 -> 40", "dropout_scale 0.0 -> 0.5"]
     assert setting_changes(a, a) == []
+
+
+# --- hand-built runs: known predictions of real sample rows ----------------------------------------------
+
+HOLDOUT_ROWS = np.arange(150, 200)
+
+
+def hand_built_run(runs_dir: Path, name: str, data_dir: Path, wrong: dict[int, int], **settings: str) -> Path:
+    """A finished run on the sample's first 200 rows (rows 150-199 held out, two folds) that predicts every
+    label right except `wrong` (row id -> predicted digit): OOF rows through oof.csv, holdout rows through
+    each fold's holdout_probs.npy (both folds agree)."""
+    labels = data.load_train(data_dir / "train.csv").labels[:200]
+    run = runs_dir / name
+    run.mkdir(parents=True)
+    config = config_lib.resolve("default", {"holdout": "0.25", "folds": "2", **settings})
+    (run / "config.json").write_text(json.dumps({"config": config.to_dict(), "data_dir": str(data_dir)}))
+    (run / "report.json").write_text("{}")
+    fold = np.where(np.arange(200) < 150, np.arange(200) % 2, -1)
+    pd.DataFrame({"row_id": np.arange(200), "label": labels, "fold": fold}).to_csv(run / "folds.csv", index=False)
+    predictions = labels.copy()
+    for row, digit in wrong.items():
+        predictions[row] = digit
+    oof = pd.DataFrame({"row_id": np.arange(150), "label": labels[:150], "prediction": predictions[:150]})
+    oof.sample(frac=1, random_state=0).to_csv(run / "oof.csv", index=False)  # any row order
+    probs = np.full((len(HOLDOUT_ROWS), 10), 0.01)
+    probs[np.arange(len(HOLDOUT_ROWS)), predictions[HOLDOUT_ROWS]] = 0.91
+    for k in range(2):
+        (run / f"fold_{k}").mkdir()
+        np.save(run / f"fold_{k}" / "holdout_probs.npy", probs)
+    return run
+
+
+def other_digit(label: int) -> int:
+    return (label + 1) % 10
+
+
+@pytest.fixture(scope="module")
+def sample_labels(sample_dir) -> np.ndarray:
+    return data.load_train(sample_dir / "train.csv").labels
+
+
+def test_compare_lists_the_few_disputed_rows_and_counts_the_many(sample_dir, sample_labels, tmp_path):
+    # OOF: a alone wrong on 20 rows, b alone on 2, both on row 7. Holdout: a alone wrong on 160 and 171, b on 199.
+    wrong_a = {row: other_digit(sample_labels[row]) for row in [7, *range(100, 120), 160, 171]}
+    wrong_b = {row: (sample_labels[row] + 2) % 10 for row in (7, 3, 4, 199)}
+    a = hand_built_run(tmp_path, "a", sample_dir, wrong_a)
+    b = hand_built_run(tmp_path, "b", sample_dir, wrong_b, epochs="30")
+    lines: list[str] = []
+
+    [result] = compare_runs([a, b], log=lines.append)
+
+    text = "\n".join(lines)
+    oof, holdout = result["comparisons"]
+    assert (oof.rows, oof.errors_a, oof.errors_b, oof.only_a, oof.only_b) == (150, 21, 3, 20, 2)
+    assert (holdout.rows, holdout.errors_a, holdout.errors_b, holdout.only_a, holdout.only_b) == (50, 2, 1, 2, 1)
+    assert "b against a (settings that differ: epochs 24 -> 30)" in text
+    assert f"wrong only in b: 2, only in a: 20; p = {mcnemar_p(20, 2):.2g}: b has fewer errors here" in text
+    assert "(22 rows: OUT=<folder> lists and draws them)" in text  # more than the terminal lists
+    assert "train.csv row 100," not in text
+    listed = [line.strip() for line in lines[0].splitlines() if line.strip().startswith("train.csv row")]
+    assert listed == [
+        f"train.csv row {row}, labelled {sample_labels[row]}: a says {wrong_a.get(row, sample_labels[row])}, "
+        f"b says {wrong_b.get(row, sample_labels[row])}"
+        for row in (160, 171, 199)
+    ]
+
+
+def test_compare_out_writes_every_figure_and_draws_the_disputed_digits(sample_dir, sample_labels, tmp_path):
+    import matplotlib.image
+
+    many = list(range(0, 2 * PICTURE_LIMIT + 10))  # more than one picture section holds
+    a = hand_built_run(tmp_path / "runs", "a", sample_dir, {row: other_digit(sample_labels[row]) for row in many})
+    b = hand_built_run(tmp_path / "runs", "b", sample_dir, {155: other_digit(sample_labels[155])})
+    c = hand_built_run(tmp_path / "runs", "c", sample_dir, {}, seed="7")
+    out = tmp_path / "out"
+
+    result = run_digits("compare", "--runs", "a,b,c", "--runs-dir", tmp_path / "runs", "--out", out)
+
+    assert_ok(result)
+    assert f"wrote {out / 'b-vs-a.png'}" in result.stdout
+    assert "OUT=<folder>" not in result.stdout  # the rows are drawn: no hint
+    saved = json.loads((out / "compare.json").read_text())
+    assert [(pair["baseline"], pair["run"]) for pair in saved] == [("a", "b"), ("a", "c")]
+    oof, holdout = saved[0]["comparisons"]
+    assert (oof["wrong_only_in_baseline"], oof["wrong_only_in_run"], oof["rows"]) == (len(many), 0, 150)
+    assert oof["p_value"] == pytest.approx(mcnemar_p(len(many), 0))
+    assert oof["verdict"] == f"p = {mcnemar_p(len(many), 0):.2g}: b has fewer errors here"
+    assert oof["disputed"][0] == {
+        "row_id": 0,
+        "label": int(sample_labels[0]),
+        "baseline_predicts": other_digit(sample_labels[0]),
+        "run_predicts": int(sample_labels[0]),
+    }
+    assert [row["row_id"] for row in oof["disputed"]] == many
+    assert holdout["disputed"] == [
+        {
+            "row_id": 155,
+            "label": int(sample_labels[155]),
+            "baseline_predicts": int(sample_labels[155]),
+            "run_predicts": other_digit(sample_labels[155]),
+        }
+    ]
+    assert saved[1]["changes"] == ["seed 42 -> 7"]  # same rows held out (hand-built), so the holdout is compared
+    [b_result, _] = compare_runs([a, b, c], log=lambda line: None)
+    sections = picture_sections(b_result)
+    assert [title for title, _ in sections] == [
+        f"OOF, one model per row: wrong only in a ({len(many)}), the first {PICTURE_LIMIT} by row",
+        "OOF, one model per row: wrong only in b (0)",
+        "holdout, fold ensemble: wrong only in a (0)",
+        "holdout, fold ensemble: wrong only in b (1)",
+    ]
+    assert [(row.row_id, shown) for row, shown in sections[0][1]] == [
+        (row, other_digit(sample_labels[row])) for row in many[:PICTURE_LIMIT]
+    ]
+    assert [(row.row_id, shown) for row, shown in sections[3][1]] == [(155, other_digit(sample_labels[155]))]
+    for picture in ("b-vs-a.png", "c-vs-a.png"):
+        pixels = matplotlib.image.imread(out / picture)
+        assert pixels.shape[0] > 300 and pixels.shape[1] > 600  # a grid of digits, not an empty canvas
+        assert pixels[..., :3].std() > 0.1
+
+
+def test_compare_out_needs_the_train_csv_the_runs_were_trained_on(sample_dir, sample_labels, tmp_path):
+    import shutil
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    shutil.copy(sample_dir / "train.csv", data_dir / "train.csv")
+    a = hand_built_run(tmp_path / "runs", "a", data_dir, {3: other_digit(sample_labels[3])})
+    b = hand_built_run(tmp_path / "runs", "b", data_dir, {})
+
+    # another train.csv under the same name: its labels differ from the runs'
+    table = pd.read_csv(data_dir / "train.csv")
+    table.loc[3, "label"] = other_digit(table.loc[3, "label"])
+    table.to_csv(data_dir / "train.csv", index=False)
+    with pytest.raises(CompareError, match=r"is not the file a was trained on .* drop OUT"):
+        compare_runs([a, b], log=lambda line: None, out_dir=tmp_path / "out")
+
+    (data_dir / "train.csv").unlink()
+    with pytest.raises(CompareError, match=r"the pictures need the train.csv that a was trained on.*make download"):
+        compare_runs([a, b], log=lambda line: None, out_dir=tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # nothing half-written
+
+    lines: list[str] = []
+    compare_runs([a, b], log=lines.append)  # without pictures the runs alone suffice
+    assert f"train.csv row 3, labelled {sample_labels[3]}: a says {other_digit(sample_labels[3])}" in lines[0]
 
 
 # --- the command line on tiny runs -------------------------------------------------------------------

@@ -127,10 +127,15 @@ def test_download_train_report_submission_through_make(tmp_path):
     report = make("report", root=tmp_path)  # RUN defaults to the latest run
     assert report.returncode == 0, report.stderr
     assert "run viamake" in report.stdout and "OOF accuracy" in report.stdout
-    compared = make("compare", "RUNS=viamake,viamake", root=tmp_path)  # a run against itself: no difference
+    # a run against itself: no difference
+    compared = make("compare", "RUNS=viamake,viamake", f"OUT={tmp_path / 'cmp'}", root=tmp_path)
     assert compared.returncode == 0, compared.stderr[-2000:]
     assert "viamake against viamake (settings that differ: none, the same recipe again)" in compared.stdout
     assert re.search(r"wrong only in viamake: 0, only in viamake: 0; p = 1: within noise", compared.stdout)
+    [pair] = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert [c["disputed"] for c in pair["comparisons"]] == [[]] and (
+        tmp_path / "cmp" / "viamake-vs-viamake.png"
+    ).is_file()
     submission = make("submission", "RUN=viamake", root=tmp_path)
     assert submission.returncode == 0, submission.stderr[-2000:]
     files = list((tmp_path / "submissions").glob("viamake-cv*.csv"))

@@ -8,7 +8,10 @@ likely a split at least that uneven would be if both runs were equally good (a f
 Each run after the first is compared with the first, on
 - the out-of-fold rows both runs have (every row of train.csv outside either run's holdout; one model per row);
 - the holdout, when both runs held out the same rows: the fold ensemble, and with TTA when both measured it.
-Nothing here trains or predicts: it reads the runs' oof.csv, folds.csv and holdout files.
+Nothing here trains or predicts: it reads the runs' oof.csv, folds.csv and holdout files. It lists the rows
+that only one run gets wrong when they are few; with `OUT=<folder>` it also writes every figure to
+`compare.json` and draws those digits, one picture per pair of runs, so a user can see what a change fixed and
+what it broke.
 """
 
 from __future__ import annotations
@@ -23,18 +26,32 @@ import numpy as np
 import pandas as pd
 
 from digits import config as config_lib
+from digits import data, fileio, paths
 from digits import folds as folds_lib
-from digits import paths
 from digits.submission import load_holdout_probs
 
 # What each holdout comparison reads from every fold folder.
 HOLDOUT_KINDS = {"fold ensemble": "holdout_probs.npy", "with TTA": "holdout_tta_probs.npy"}
 # A split of the disagreeing rows this unlikely under "equally good" counts as a difference.
 SIGNIFICANCE = 0.05
+# The terminal lists a comparison's disputed rows when there are at most this many; OUT=<folder> draws them all
+# (up to PICTURE_LIMIT per run and comparison).
+LIST_AT_MOST = 12
+PICTURE_LIMIT = 45
 
 
 class CompareError(ValueError):
     """The runs cannot be compared (unfinished, other data, damaged files); the message says what to do."""
+
+
+@dataclass(frozen=True, order=True)
+class Disputed:
+    """A row that exactly one of the two runs gets wrong."""
+
+    row_id: int  # 0-based data row of train.csv
+    label: int
+    prediction_a: int
+    prediction_b: int
 
 
 @dataclass(frozen=True)
@@ -47,6 +64,7 @@ class Paired:
     errors_b: int
     only_a: int  # rows wrong in run a and right in run b
     only_b: int  # rows wrong in run b and right in run a
+    disputed: tuple[Disputed, ...] = ()  # those only_a + only_b rows, by row id
 
     @property
     def p_value(self) -> float:
@@ -65,9 +83,21 @@ def mcnemar_p(only_a: int, only_b: int) -> float:
     return min(1.0, 2 * tail)
 
 
-def paired(what: str, labels: np.ndarray, predictions_a: np.ndarray, predictions_b: np.ndarray) -> Paired:
+def paired(
+    what: str,
+    labels: np.ndarray,
+    predictions_a: np.ndarray,
+    predictions_b: np.ndarray,
+    row_ids: np.ndarray | None = None,
+) -> Paired:
+    """Compare two runs' predictions of the same rows (`row_ids`, by default 0..n-1)."""
+    row_ids = np.arange(len(labels)) if row_ids is None else np.asarray(row_ids)
     wrong_a = predictions_a != labels
     wrong_b = predictions_b != labels
+    disputed = sorted(
+        Disputed(int(row_ids[i]), int(labels[i]), int(predictions_a[i]), int(predictions_b[i]))
+        for i in np.flatnonzero(wrong_a != wrong_b)
+    )
     return Paired(
         what,
         int(len(labels)),
@@ -75,6 +105,7 @@ def paired(what: str, labels: np.ndarray, predictions_a: np.ndarray, predictions
         int(wrong_b.sum()),
         int((wrong_a & ~wrong_b).sum()),
         int((wrong_b & ~wrong_a).sum()),
+        tuple(disputed),
     )
 
 
@@ -84,6 +115,7 @@ class Run:
 
     run_dir: Path
     config: config_lib.Config
+    data_dir: Path | None  # where its train.csv was (config.json), for pictures of its rows
     oof: pd.DataFrame  # row_id, label, prediction
     holdout_rows: np.ndarray
     holdout_labels: np.ndarray
@@ -98,8 +130,9 @@ def load(run_dir: Path) -> Run:
     """A finished run's predictions; a CompareError says what is missing and how to get it."""
     run_dir = Path(run_dir)
     try:
-        saved = json.loads((run_dir / "config.json").read_text())["config"]
-        config = config_lib.from_dict(saved)
+        saved = json.loads((run_dir / "config.json").read_text())
+        config = config_lib.from_dict(saved["config"])
+        data_dir = Path(saved["data_dir"]) if saved.get("data_dir") else None
     except (OSError, ValueError, KeyError) as error:
         raise CompareError(f"{run_dir / 'config.json'} cannot be read ({error}); is {run_dir} a run folder?") from error
     if not (run_dir / "report.json").is_file():
@@ -124,7 +157,7 @@ def load(run_dir: Path) -> Run:
             probs = _holdout_probs(run_dir, config.folds, file_name, len(holdout_rows))
             if probs is not None:
                 predictions[what] = probs.argmax(axis=1)
-    return Run(run_dir, config, oof.reset_index(drop=True), holdout_rows, holdout_labels, predictions)
+    return Run(run_dir, config, data_dir, oof.reset_index(drop=True), holdout_rows, holdout_labels, predictions)
 
 
 def _holdout_probs(run_dir: Path, fold_count: int, file_name: str, rows: int) -> np.ndarray | None:
@@ -161,7 +194,15 @@ def compare_pair(a: Run, b: Run) -> dict:
         what = (
             "OOF" + ("" if len(common) == len(a.oof) == len(b.oof) else ", rows both runs have") + ", one model per row"
         )
-        comparisons.append(paired(what, labels, common["prediction_a"].to_numpy(), common["prediction_b"].to_numpy()))
+        comparisons.append(
+            paired(
+                what,
+                labels,
+                common["prediction_a"].to_numpy(),
+                common["prediction_b"].to_numpy(),
+                common["row_id"].to_numpy(),
+            )
+        )
     else:
         notes.append("no train row is out-of-fold in both runs")
     if len(a.holdout_rows) and np.array_equal(a.holdout_rows, b.holdout_rows):
@@ -192,6 +233,7 @@ def compare_pair(a: Run, b: Run) -> dict:
                             a.holdout_labels,
                             a.holdout_predictions[what],
                             b.holdout_predictions[what],
+                            a.holdout_rows,
                         )
                     )
     elif len(a.holdout_rows) or len(b.holdout_rows):
@@ -216,7 +258,8 @@ def verdict(comparison: Paired, name_a: str, name_b: str) -> str:
     return f"p = {p:.2g}: {fewer} has fewer errors here"
 
 
-def format_pair(result: dict) -> str:
+def format_pair(result: dict, drawn: bool = False) -> str:
+    """The terminal block of one pair; `drawn` says the disputed rows were drawn (so a long list is not printed)."""
     a, b = result["baseline"], result["run"]
     changes = "; ".join(result["changes"]) or "none, the same recipe again"
     lines = [f"{b} against {a} (settings that differ: {changes})"]
@@ -230,23 +273,165 @@ def format_pair(result: dict) -> str:
         lines.append(
             f"    wrong only in {b}: {comparison.only_b}, only in {a}: {comparison.only_a}; {verdict(comparison, a, b)}"
         )
+        if len(comparison.disputed) <= LIST_AT_MOST:
+            lines.extend(
+                f"      train.csv row {row.row_id}, labelled {row.label}: {a} says {row.prediction_a}, "
+                f"{b} says {row.prediction_b}"
+                for row in comparison.disputed
+            )
+        elif not drawn:
+            lines.append(f"      ({len(comparison.disputed)} rows: OUT=<folder> lists and draws them)")
     lines.extend(f"  {note}" for note in result["notes"])
     return "\n".join(lines)
 
 
-def compare_runs(run_dirs: Sequence[Path], log: Callable[[str], None] = print) -> list[dict]:
-    """Compare every run after the first with the first; prints one block per run and returns the results."""
+def to_json(results: Sequence[dict]) -> list[dict]:
+    """The results as plain JSON values: every figure printed, and every disputed row."""
+    return [
+        {
+            "baseline": result["baseline"],
+            "run": result["run"],
+            "changes": result["changes"],
+            "notes": result["notes"],
+            "comparisons": [
+                {
+                    "what": c.what,
+                    "rows": c.rows,
+                    "baseline_errors": c.errors_a,
+                    "run_errors": c.errors_b,
+                    "wrong_only_in_baseline": c.only_a,
+                    "wrong_only_in_run": c.only_b,
+                    "p_value": c.p_value,
+                    "verdict": verdict(c, result["baseline"], result["run"]),
+                    "disputed": [
+                        {
+                            "row_id": row.row_id,
+                            "label": row.label,
+                            "baseline_predicts": row.prediction_a,
+                            "run_predicts": row.prediction_b,
+                        }
+                        for row in c.disputed
+                    ],
+                }
+                for c in result["comparisons"]
+            ],
+        }
+        for result in results
+    ]
+
+
+def train_images(run: Run, row_ids: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """The pixels of train.csv rows `row_ids`, from the train.csv the run was trained on, checked against
+    the labels the run saw."""
+    if run.data_dir is None or not (run.data_dir / "train.csv").is_file():
+        raise CompareError(
+            f"the pictures need the train.csv that {run.name} was trained on, and "
+            f"{run.data_dir or 'its config.json'} has none: run `make download` (or put train.csv back there), "
+            f"or drop OUT to compare without pictures."
+        )
+    train = data.load_train(run.data_dir / "train.csv")
+    if len(row_ids) and (row_ids.max() >= len(train.labels) or not np.array_equal(train.labels[row_ids], labels)):
+        raise CompareError(
+            f"{run.data_dir / 'train.csv'} is not the file {run.name} was trained on (its labels differ from the "
+            f"run's); put that train.csv back in {run.data_dir} or drop OUT to compare without pictures."
+        )
+    return train.images[row_ids]
+
+
+def picture_sections(result: dict) -> list[tuple[str, list[tuple[Disputed, int]]]]:
+    """What the picture of a pair shows: per comparison, the rows only the baseline gets wrong, then those only
+    the other run gets wrong, each as (section title, [(row, the wrong prediction)]), at most PICTURE_LIMIT."""
+    sections = []
+    for comparison in result["comparisons"]:
+        for loser, wrong in (
+            (result["baseline"], lambda row: row.prediction_a),
+            (result["run"], lambda row: row.prediction_b),
+        ):
+            rows = [row for row in comparison.disputed if wrong(row) != row.label]
+            title = f"{comparison.what}: wrong only in {loser} ({len(rows)})"
+            if len(rows) > PICTURE_LIMIT:
+                title += f", the first {PICTURE_LIMIT} by row"
+            sections.append((title, [(row, wrong(row)) for row in rows[:PICTURE_LIMIT]]))
+    return sections
+
+
+def plot_disputed(result: dict, images: dict[int, np.ndarray], path: Path) -> None:
+    """One picture per pair of runs: the digits of `picture_sections` (true -> predicted, train.csv row)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    a, b = result["baseline"], result["run"]
+    sections = picture_sections(result)
+    columns = 15
+    heights = [max(1, -(-len(digits) // columns)) * 1.0 + 0.45 for _, digits in sections]
+    height = max(sum(heights), 1.0)
+    figure = plt.figure(figsize=(columns * 0.75, height))
+    for subfigure, (title, digits) in zip(
+        np.atleast_1d(figure.subfigures(len(sections), 1, height_ratios=heights)), sections, strict=True
+    ):
+        grid_rows = max(1, -(-len(digits) // columns))
+        axes = np.atleast_1d(subfigure.subplots(grid_rows, columns)).reshape(-1)
+        for axis in axes:
+            axis.axis("off")
+        for axis, (row, prediction) in zip(axes, digits, strict=False):
+            axis.imshow(images[row.row_id][:, :, 0], cmap="gray_r", vmin=0, vmax=255)
+            axis.set_title(f"{row.label}→{prediction}\n{row.row_id}", fontsize=6.5)
+        if not digits:
+            axes[0].text(0, 0.5, "none", fontsize=8)
+        subfigure.suptitle(title, fontsize=9, x=0.01, ha="left")
+    figure.suptitle(
+        f"{b} against {a}: the rows only one run gets wrong (true→predicted, train.csv row)",
+        fontsize=10,
+        y=1 + 0.4 / height,  # above the first section's title
+    )
+    with fileio.atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+    plt.close(figure)
+
+
+def write_outputs(runs: Sequence[Run], results: Sequence[dict], out_dir: Path) -> list[Path]:
+    """compare.json and one picture per pair of runs in `out_dir`; returns the paths written."""
+    out_dir = Path(out_dir)
+    wanted = {row.row_id: row.label for result in results for c in result["comparisons"] for row in c.disputed}
+    row_ids = np.array(sorted(wanted), dtype=np.int64)
+    images = {}
+    if len(row_ids):  # the runs agree on every row they share: nothing to draw but "none"
+        pixels = train_images(runs[0], row_ids, np.array([wanted[row] for row in row_ids]))
+        images = dict(zip(row_ids.tolist(), pixels, strict=True))
+    written = []
+    for result in results:
+        if not result["comparisons"]:
+            continue  # nothing both runs predicted: the notes say why
+        path = out_dir / f"{result['run']}-vs-{result['baseline']}.png"
+        plot_disputed(result, images, path)
+        written.append(path)
+    with fileio.atomic_open(out_dir / "compare.json") as handle:
+        json.dump(to_json(results), handle, indent=2)
+    written.append(out_dir / "compare.json")
+    return written
+
+
+def compare_runs(
+    run_dirs: Sequence[Path], log: Callable[[str], None] = print, out_dir: Path | None = None
+) -> list[dict]:
+    """Compare every run after the first with the first; prints one block per run and returns the results.
+    With `out_dir`, also writes compare.json and a picture of the disputed digits per pair there."""
     if len(run_dirs) < 2:
         raise CompareError("a comparison needs at least two runs: RUNS=a,b (each later run is compared with a)")
     runs = [load(run_dir) for run_dir in run_dirs]
     results = [compare_pair(runs[0], run) for run in runs[1:]]
+    written = write_outputs(runs, results, out_dir) if out_dir is not None else []
     for result in results:
-        log(format_pair(result))
+        log(format_pair(result, drawn=bool(written)))
     log(
         f"p: the chance of a split of the disagreeing rows at least this uneven if both runs were equally good "
         f"(McNemar's exact test); below {SIGNIFICANCE} counts as a difference. Comparing many recipes on one "
         f"holdout makes some p small by luck: confirm a winner with another SEED."
     )
+    for path in written:
+        log(f"wrote {path}")
     return results
 
 
@@ -254,7 +439,8 @@ def _cmd_compare(args) -> int:
     from digits.train import resolve_run_dir
 
     names = [name.strip() for name in (args.runs or "").split(",") if name.strip()]
-    compare_runs([resolve_run_dir(name, Path(args.runs_dir)) for name in names])
+    out_dir = Path(args.out) if args.out else None
+    compare_runs([resolve_run_dir(name, Path(args.runs_dir)) for name in names], out_dir=out_dir)
     return 0
 
 
@@ -262,4 +448,7 @@ def register_commands(commands) -> None:
     parser = commands.add_parser("compare", help="is one run better than another? paired tests on shared rows")
     parser.add_argument("--runs", required=True, help="run names separated by commas; each is compared with the first")
     parser.add_argument("--runs-dir", default=str(paths.RUNS_DIR))
+    parser.add_argument(
+        "--out", help="folder for compare.json and a picture of the rows only one run gets wrong (per pair of runs)"
+    )
     parser.set_defaults(handler=_cmd_compare)
