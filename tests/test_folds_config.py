@@ -108,6 +108,8 @@ def test_config_round_trips_through_json():
         ("default", {"elastic_sigma": "0"}, "elastic_sigma=0.0 must be positive"),
         ("default", {"dropout_scale": "-0.5"}, r"DROPOUT=-0.5 \(dropout_scale\) must be in \[0, 2\]: it multiplies"),
         ("default", {"dropout_scale": "3"}, r"DROPOUT=3.0 \(dropout_scale\) must be in \[0, 2\]"),
+        ("default", {"weight_decay": "-0.1"}, r"weight_decay=-0.1 must be at least 0, and small enough"),
+        ("default", {"weight_decay": "5"}, r"weight_decay=5.0 .* \(learning_rate x weight_decay < 0.01"),
         ("default", {"folds": "1"}, "FOLDS=1: k-fold training needs at least 2 folds"),
         ("default", {"folds": "two"}, "folds='two' is not an integer"),
         ("default", {"epochs": "0"}, "EPOCHS=0: train for at least 1 epoch"),

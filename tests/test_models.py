@@ -173,3 +173,28 @@ def test_dropout_scale_multiplies_every_rate_and_zero_turns_dropout_off(name):
 def test_a_dropout_scale_that_would_make_a_rate_reach_one_is_refused():
     with pytest.raises(ValueError, match="dropout_scale=2.5 makes .* rate 1; it must be in \\[0, 1\\)"):
         models.build_model("cnn", dropout_scale=2.5)
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.5])
+def test_weight_decay_shrinks_kernels_only_and_zero_keeps_plain_adam(weight_decay):
+    from digits import config as config_lib
+    from digits.train import optimizer
+
+    config = config_lib.resolve("default", {"weight_decay": str(weight_decay), "warmup_epochs": "0"})
+    model = models.build_model("cnn_pool")  # convs, batch norms and a dense layer with bias
+    adam = optimizer(config, steps_per_epoch=10)
+    assert type(adam).__name__ == ("AdamW" if weight_decay else "Adam")
+    rng = np.random.default_rng(0)
+    for v in model.trainable_variables:  # non-zero everywhere, so a wrong decay of beta or a bias shows too
+        v.assign(rng.normal(size=v.shape).astype("float32"))
+    before = {v.path: v.numpy().copy() for v in model.trainable_variables}
+    # zero gradients: Adam's own step is 0, so whatever moves is the decay (at the peak rate, no warm-up)
+    adam.apply_gradients([(np.zeros(v.shape, "float32"), v) for v in model.trainable_variables])
+    shrink = 1 - config.learning_rate * weight_decay
+    kinds = set()
+    for v in model.trainable_variables:
+        kind = v.path.rsplit("/", 1)[-1]
+        kinds.add(kind)
+        expected = before[v.path] * (shrink if kind == "kernel" else 1.0)
+        np.testing.assert_allclose(v.numpy(), expected, rtol=1e-6, err_msg=v.path)
+    assert {"kernel", "gamma", "beta", "bias"} <= kinds

@@ -33,6 +33,9 @@ class Config:
     learning_rate: float = 2e-3
     warmup_epochs: float = 1.0
     label_smoothing: float = 0.0
+    # decoupled weight decay (AdamW): every conv and dense kernel shrinks by learning rate x weight_decay per step;
+    # batch-norm scales and offsets and biases are exempt. 0 = plain Adam
+    weight_decay: float = 0.0
     # every dropout rate of the model times this (1 = the architecture's own rates, 0 = no dropout). The field's
     # default stays 1 although the quick and default presets say 0: a config.json written before this setting
     # existed is read with the dropout it trained with
@@ -204,6 +207,11 @@ def validate(config: Config) -> None:
         fail(f"warmup_epochs={config.warmup_epochs} must be between 0 and EPOCHS={config.epochs}")
     if not 0.0 <= config.label_smoothing < 1.0:
         fail(f"label_smoothing={config.label_smoothing} must be in [0, 1)")
+    if not 0.0 <= config.weight_decay * config.learning_rate < 0.01:
+        fail(
+            f"weight_decay={config.weight_decay} must be at least 0, and small enough that a step shrinks a weight by "
+            f"less than 1% (learning_rate x weight_decay < 0.01; 0.05 shrinks it by 0.01% at learning_rate 2e-3)"
+        )
     if not 0.0 <= config.dropout_scale <= 2.0:
         fail(
             f"DROPOUT={config.dropout_scale} (dropout_scale) must be in [0, 2]: it multiplies the model's dropout "

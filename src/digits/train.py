@@ -105,6 +105,19 @@ def cosine_schedule(config: Config, steps_per_epoch: int):
     )
 
 
+def optimizer(config: Config, steps_per_epoch: int):
+    """Adam on the cosine schedule; AdamW when `config.weight_decay` > 0, decaying the conv and dense kernels only
+    (batch norm's gamma and beta and the biases keep their scale)."""
+    import keras
+
+    schedule = cosine_schedule(config, steps_per_epoch)
+    if not config.weight_decay:
+        return keras.optimizers.Adam(learning_rate=schedule)
+    adamw = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=config.weight_decay)
+    adamw.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
+    return adamw
+
+
 def make_train_dataset(images: np.ndarray, labels: np.ndarray, config: Config, seed: int):
     """Shuffled, batched, augmented (parallel map) and prefetched training stream of (pixels, one-hot)."""
     import tensorflow as tf
@@ -372,7 +385,7 @@ def train_fold(
     with distribution_strategy().scope():
         model = models.build_model(config.fold_model(fold), dropout_scale=config.dropout_scale)
         model.compile(
-            optimizer=keras.optimizers.Adam(learning_rate=cosine_schedule(config, steps_per_epoch)),
+            optimizer=optimizer(config, steps_per_epoch),
             loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
             metrics=["accuracy"],
         )
