@@ -8,7 +8,9 @@ own files and reports.
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +21,12 @@ from digits import config as config_lib
 from digits import data
 from digits.compare import (
     PICTURE_LIMIT,
-    CompareError,
     Disputed,
     Paired,
+    compare_pair,
     compare_runs,
+    disputed_images,
+    load,
     mcnemar_p,
     paired,
     picture_sections,
@@ -152,7 +156,7 @@ def test_compare_lists_the_few_disputed_rows_and_counts_the_many(sample_dir, sam
     assert (holdout.rows, holdout.errors_a, holdout.errors_b, holdout.only_a, holdout.only_b) == (50, 2, 1, 2, 1)
     assert "b against a (settings that differ: epochs 24 -> 30)" in text
     assert f"wrong only in b: 2, only in a: 20; p = {mcnemar_p(20, 2):.2g}: b has fewer errors here" in text
-    assert "(22 rows: OUT=<folder> lists and draws them)" in text  # more than the terminal lists
+    assert f"(22 rows: OUT=<folder> writes them all to compare.json and draws up to {PICTURE_LIMIT} per run)" in text
     assert "train.csv row 100," not in text
     listed = [line.strip() for line in lines[0].splitlines() if line.strip().startswith("train.csv row")]
     assert listed == [
@@ -216,30 +220,65 @@ def test_compare_out_writes_every_figure_and_draws_the_disputed_digits(sample_di
         assert pixels[..., :3].std() > 0.1
 
 
-def test_compare_out_needs_the_train_csv_the_runs_were_trained_on(sample_dir, sample_labels, tmp_path):
-    import shutil
+def compare_in(root: Path, *args: str | Path):
+    """`digits compare` with DIGITS_ROOT=root, so its data/raw/ is root/data/raw (the fallback for pictures)."""
+    return run_digits("compare", *args, env={**os.environ, "DIGITS_ROOT": str(root), "TF_CPP_MIN_LOG_LEVEL": "3"})
 
+
+def test_compare_out_needs_the_train_csv_the_runs_were_trained_on(sample_dir, sample_labels, tmp_path):
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     shutil.copy(sample_dir / "train.csv", data_dir / "train.csv")
-    a = hand_built_run(tmp_path / "runs", "a", data_dir, {3: other_digit(sample_labels[3])})
-    b = hand_built_run(tmp_path / "runs", "b", data_dir, {})
+    runs_dir = tmp_path / "runs"
+    hand_built_run(runs_dir, "a", data_dir, {3: other_digit(sample_labels[3])})
+    hand_built_run(runs_dir, "b", data_dir, {})
+    root, out = tmp_path / "root", tmp_path / "out"
+    args = ("--runs", "a,b", "--runs-dir", runs_dir, "--out", out)
 
     # another train.csv under the same name: its labels differ from the runs'
     table = pd.read_csv(data_dir / "train.csv")
     table.loc[3, "label"] = other_digit(table.loc[3, "label"])
     table.to_csv(data_dir / "train.csv", index=False)
-    with pytest.raises(CompareError, match=r"is not the file a was trained on .* drop OUT"):
-        compare_runs([a, b], log=lambda line: None, out_dir=tmp_path / "out")
+    result = compare_in(root, *args)
+    stderr = assert_user_error(result)
+    assert f"{data_dir / 'train.csv'} holds other labels than a was trained on" in stderr
+    assert f"{root / 'data' / 'raw'} has no train.csv" in stderr and "drop OUT" in stderr
+    # the comparison itself was printed and saved before the pictures failed
+    assert f"train.csv row 3, labelled {sample_labels[3]}: a says {other_digit(sample_labels[3])}" in result.stdout
+    assert json.loads((out / "compare.json").read_text())[0]["comparisons"][0]["wrong_only_in_baseline"] == 1
+    assert not (out / "b-vs-a.png").exists()
 
     (data_dir / "train.csv").unlink()
-    with pytest.raises(CompareError, match=r"the pictures need the train.csv that a was trained on.*make download"):
-        compare_runs([a, b], log=lambda line: None, out_dir=tmp_path / "out")
-    assert not (tmp_path / "out").exists()  # nothing half-written
+    stderr = assert_user_error(compare_in(root, *args))
+    assert f"the pictures need the train.csv that a was trained on: {data_dir} has no train.csv" in stderr
+    assert "make download" in stderr
 
-    lines: list[str] = []
-    compare_runs([a, b], log=lines.append)  # without pictures the runs alone suffice
-    assert f"train.csv row 3, labelled {sample_labels[3]}: a says {other_digit(sample_labels[3])}" in lines[0]
+    # data/raw/ of the checkout is the last place looked in, e.g. after moving the repository
+    (root / "data" / "raw").mkdir(parents=True)
+    shutil.copy(sample_dir / "train.csv", root / "data" / "raw" / "train.csv")
+    assert_ok(compare_in(root, *args))
+    assert (out / "b-vs-a.png").is_file()
+
+
+def test_the_pictures_show_each_disputed_rows_own_digit(sample_dir, sample_train, tmp_path):
+    wrong = {row: other_digit(sample_train.labels[row]) for row in (5, 60, 157)}
+    runs = [load(hand_built_run(tmp_path, name, sample_dir, w)) for name, w in (("a", wrong), ("b", {}))]
+    results = [compare_pair(runs[0], runs[1])]
+
+    images = disputed_images(runs, results)
+
+    assert sorted(images) == [5, 60, 157]
+    for row, image in images.items():
+        np.testing.assert_array_equal(image, sample_train.images[row])
+
+
+def test_compare_out_refuses_a_run_named_twice(sample_dir, tmp_path):
+    for name in ("a", "b"):
+        hand_built_run(tmp_path / "runs", name, sample_dir, {})
+    args = ("--runs", "a,b,b", "--runs-dir", tmp_path / "runs")
+    stderr = assert_user_error(run_digits("compare", *args, "--out", tmp_path / "out"))
+    assert "RUNS names b more than once after the first run" in stderr
+    assert_ok(run_digits("compare", *args))  # without OUT nothing collides
 
 
 # --- the command line on tiny runs -------------------------------------------------------------------
@@ -330,8 +369,6 @@ def test_compare_puts_every_later_run_against_the_first(runs):
 
 @pytest.mark.slow
 def test_compare_refuses_an_unfinished_run_and_says_how_to_finish_it(runs, tmp_path):
-    import shutil
-
     # What a run interrupted during its last fold holds: fold 0 finished, no fold 1 report, no run report.
     shutil.copytree(runs / "a", tmp_path / "a")
     shutil.copytree(runs / "b", tmp_path / "half")
@@ -351,8 +388,6 @@ def test_compare_needs_two_known_runs(runs):
 
 @pytest.mark.slow
 def test_compare_refuses_runs_trained_on_different_data(runs, tmp_path):
-    import shutil
-
     other = tmp_path / "runs"
     for run in ("a", "b"):
         shutil.copytree(runs / run, other / run)
@@ -367,8 +402,6 @@ def test_compare_refuses_runs_trained_on_different_data(runs, tmp_path):
 
 @pytest.mark.slow
 def test_compare_says_which_holdout_figures_it_could_not_compare(runs, tmp_path):
-    import shutil
-
     for run in ("a", "b", "c"):
         shutil.copytree(runs / run, tmp_path / run)
     shutil.copytree(runs / "b", tmp_path / "old")  # as if trained before holdout predictions were saved

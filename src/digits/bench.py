@@ -76,11 +76,12 @@ def _our_model(cfg: config_lib.Config, images: int, epochs: int):
 def _compile(model, cfg: config_lib.Config, steps_per_epoch: int, epochs: int):
     import keras
 
-    from digits.train import cosine_schedule
+    from digits.train import optimizer
 
-    schedule_cfg = config_lib.resolve(cfg.preset, {"epochs": epochs})
+    # the config's optimizer (Adam, or AdamW with its weight decay) on a schedule as long as the bench's epochs
+    schedule_cfg = config_lib.resolve(cfg.preset, {"epochs": epochs, "weight_decay": cfg.weight_decay})
     model.compile(
-        optimizer=keras.optimizers.Adam(cosine_schedule(schedule_cfg, steps_per_epoch)),
+        optimizer=optimizer(schedule_cfg, steps_per_epoch),
         loss=keras.losses.CategoricalCrossentropy(),
         metrics=["accuracy"],
     )

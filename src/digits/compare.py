@@ -34,8 +34,8 @@ from digits.submission import load_holdout_probs
 HOLDOUT_KINDS = {"fold ensemble": "holdout_probs.npy", "with TTA": "holdout_tta_probs.npy"}
 # A split of the disagreeing rows this unlikely under "equally good" counts as a difference.
 SIGNIFICANCE = 0.05
-# The terminal lists a comparison's disputed rows when there are at most this many; OUT=<folder> draws them all
-# (up to PICTURE_LIMIT per run and comparison).
+# The terminal lists a comparison's disputed rows when there are at most this many; OUT=<folder> writes every one
+# to compare.json and draws up to PICTURE_LIMIT per run and comparison.
 LIST_AT_MOST = 12
 PICTURE_LIMIT = 45
 
@@ -280,7 +280,10 @@ def format_pair(result: dict, drawn: bool = False) -> str:
                 for row in comparison.disputed
             )
         elif not drawn:
-            lines.append(f"      ({len(comparison.disputed)} rows: OUT=<folder> lists and draws them)")
+            lines.append(
+                f"      ({len(comparison.disputed)} rows: OUT=<folder> writes them all to compare.json and draws up to "
+                f"{PICTURE_LIMIT} per run)"
+            )
     lines.extend(f"  {note}" for note in result["notes"])
     return "\n".join(lines)
 
@@ -320,22 +323,30 @@ def to_json(results: Sequence[dict]) -> list[dict]:
     ]
 
 
-def train_images(run: Run, row_ids: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """The pixels of train.csv rows `row_ids`, from the train.csv the run was trained on, checked against
-    the labels the run saw."""
-    if run.data_dir is None or not (run.data_dir / "train.csv").is_file():
-        raise CompareError(
-            f"the pictures need the train.csv that {run.name} was trained on, and "
-            f"{run.data_dir or 'its config.json'} has none: run `make download` (or put train.csv back there), "
-            f"or drop OUT to compare without pictures."
-        )
-    train = data.load_train(run.data_dir / "train.csv")
-    if len(row_ids) and (row_ids.max() >= len(train.labels) or not np.array_equal(train.labels[row_ids], labels)):
-        raise CompareError(
-            f"{run.data_dir / 'train.csv'} is not the file {run.name} was trained on (its labels differ from the "
-            f"run's); put that train.csv back in {run.data_dir} or drop OUT to compare without pictures."
-        )
-    return train.images[row_ids]
+def disputed_images(runs: Sequence[Run], results: Sequence[dict]) -> dict[int, np.ndarray]:
+    """The pixels of every disputed row (row id -> (28, 28, 1) image), from the train.csv the runs were trained
+    on: the first of the runs' data folders (config.json) and data/raw/ whose labels agree with every label the
+    first run saw (OOF and holdout rows)."""
+    wanted = sorted({row.row_id for result in results for c in result["comparisons"] for row in c.disputed})
+    if not wanted:
+        return {}
+    first = runs[0]
+    known_rows = np.concatenate([first.oof["row_id"].to_numpy(), first.holdout_rows]).astype(np.int64)
+    known_labels = np.concatenate([first.oof["label"].to_numpy(), first.holdout_labels])
+    folders = list(dict.fromkeys([*(run.data_dir for run in runs if run.data_dir is not None), paths.RAW_DIR]))
+    tried = []
+    for folder in folders:
+        if not (folder / "train.csv").is_file():
+            tried.append(f"{folder} has no train.csv")
+            continue
+        train = data.load_train(folder / "train.csv")
+        if known_rows.max() < len(train.labels) and np.array_equal(train.labels[known_rows], known_labels):
+            return dict(zip(wanted, train.images[wanted], strict=True))
+        tried.append(f"{folder / 'train.csv'} holds other labels than {first.name} was trained on")
+    raise CompareError(
+        f"the pictures need the train.csv that {first.name} was trained on: {'; '.join(tried)}. Put that train.csv "
+        f"back (`make download` fetches the competition's), or drop OUT to compare without pictures."
+    )
 
 
 def picture_sections(result: dict) -> list[tuple[str, list[tuple[Disputed, int]]]]:
@@ -359,8 +370,10 @@ def plot_disputed(result: dict, images: dict[int, np.ndarray], path: Path) -> No
     """One picture per pair of runs: the digits of `picture_sections` (true -> predicted, train.csv row)."""
     import matplotlib
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
+
+    from digits.report import save_figure
 
     a, b = result["baseline"], result["run"]
     sections = picture_sections(result)
@@ -386,52 +399,57 @@ def plot_disputed(result: dict, images: dict[int, np.ndarray], path: Path) -> No
         fontsize=10,
         y=1 + 0.4 / height,  # above the first section's title
     )
-    with fileio.atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
-    plt.close(figure)
+    save_figure(figure, path)
 
 
-def write_outputs(runs: Sequence[Run], results: Sequence[dict], out_dir: Path) -> list[Path]:
-    """compare.json and one picture per pair of runs in `out_dir`; returns the paths written."""
+def picture_name(result: dict) -> str:
+    return f"{result['run']}-vs-{result['baseline']}.png"
+
+
+def write_outputs(runs: Sequence[Run], results: Sequence[dict], out_dir: Path, log: Callable[[str], None]) -> None:
+    """compare.json (every figure and disputed row), then one picture per pair of runs, in `out_dir`."""
     out_dir = Path(out_dir)
-    wanted = {row.row_id: row.label for result in results for c in result["comparisons"] for row in c.disputed}
-    row_ids = np.array(sorted(wanted), dtype=np.int64)
-    images = {}
-    if len(row_ids):  # the runs agree on every row they share: nothing to draw but "none"
-        pixels = train_images(runs[0], row_ids, np.array([wanted[row] for row in row_ids]))
-        images = dict(zip(row_ids.tolist(), pixels, strict=True))
-    written = []
+    saved = to_json(results)
+    for entry, run in zip(saved, runs[1:], strict=True):
+        entry["baseline_dir"], entry["run_dir"] = str(runs[0].run_dir), str(run.run_dir)
+    fileio.write_json(out_dir / "compare.json", saved)
+    log(f"wrote {out_dir / 'compare.json'}")
+    images = disputed_images(runs, results)
     for result in results:
+        path = out_dir / picture_name(result)
         if not result["comparisons"]:
-            continue  # nothing both runs predicted: the notes say why
-        path = out_dir / f"{result['run']}-vs-{result['baseline']}.png"
+            path.unlink(missing_ok=True)  # not one left from an earlier comparison: the notes say why there is none
+            continue
         plot_disputed(result, images, path)
-        written.append(path)
-    with fileio.atomic_open(out_dir / "compare.json") as handle:
-        json.dump(to_json(results), handle, indent=2)
-    written.append(out_dir / "compare.json")
-    return written
+        log(f"wrote {path}")
 
 
 def compare_runs(
     run_dirs: Sequence[Path], log: Callable[[str], None] = print, out_dir: Path | None = None
 ) -> list[dict]:
     """Compare every run after the first with the first; prints one block per run and returns the results.
-    With `out_dir`, also writes compare.json and a picture of the disputed digits per pair there."""
+    With `out_dir`, then writes compare.json and a picture of the disputed digits per pair there."""
     if len(run_dirs) < 2:
         raise CompareError("a comparison needs at least two runs: RUNS=a,b (each later run is compared with a)")
     runs = [load(run_dir) for run_dir in run_dirs]
+    if out_dir is not None:
+        later = [run.name for run in runs[1:]]
+        twice = sorted({name for name in later if later.count(name) > 1})
+        if twice:
+            raise CompareError(
+                f"RUNS names {', '.join(twice)} more than once after the first run: with OUT their pictures "
+                f"(<run>-vs-{runs[0].name}.png) would overwrite each other. Name each run once."
+            )
     results = [compare_pair(runs[0], run) for run in runs[1:]]
-    written = write_outputs(runs, results, out_dir) if out_dir is not None else []
     for result in results:
-        log(format_pair(result, drawn=bool(written)))
+        log(format_pair(result, drawn=out_dir is not None))
     log(
         f"p: the chance of a split of the disagreeing rows at least this uneven if both runs were equally good "
         f"(McNemar's exact test); below {SIGNIFICANCE} counts as a difference. Comparing many recipes on one "
         f"holdout makes some p small by luck: confirm a winner with another SEED."
     )
-    for path in written:
-        log(f"wrote {path}")
+    if out_dir is not None:
+        write_outputs(runs, results, out_dir, log)
     return results
 
 

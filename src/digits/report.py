@@ -86,7 +86,8 @@ def fold_report(
 # --- pictures ----------------------------------------------------------------------------------------
 
 
-def _save_figure(figure, path: Path) -> None:
+def save_figure(figure, path: Path) -> None:
+    """Write a figure as PNG, atomically, and free it."""
     with fileio.atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
     plt.close(figure)
@@ -112,7 +113,7 @@ def plot_curves(history: list[dict], best_epoch: int, path: Path, title: str) ->
         tail = frame["val_accuracy"].iloc[len(frame) // 3 :]
         acc_axis.set_ylim(max(0.0, tail.min() - 0.01), 1.0)
     figure.suptitle(title)
-    _save_figure(figure, path)
+    save_figure(figure, path)
 
 
 def plot_confusion(matrix: np.ndarray, path: Path, title: str) -> None:
@@ -131,7 +132,7 @@ def plot_confusion(matrix: np.ndarray, path: Path, title: str) -> None:
     axis.set_xlabel("predicted")
     axis.set_ylabel("true")
     axis.set_title(title, fontsize=9)
-    _save_figure(figure, path)
+    save_figure(figure, path)
 
 
 def plot_errors(
@@ -165,7 +166,7 @@ def plot_errors(
         f"(true→predicted confidence, most confident first)",
         fontsize=9,
     )
-    _save_figure(figure, path)
+    save_figure(figure, path)
 
 
 def plot_samples(images: np.ndarray, labels: np.ndarray, path: Path, per_class: int = 8, seed: int = 0) -> None:
@@ -180,7 +181,7 @@ def plot_samples(images: np.ndarray, labels: np.ndarray, path: Path, per_class: 
             if column < len(chosen):
                 axis.imshow(images[chosen[column], :, :, 0], cmap="gray_r", vmin=0, vmax=255)
     figure.suptitle("sample digits per class (rows 0-9)", fontsize=9)
-    _save_figure(figure, path)
+    save_figure(figure, path)
 
 
 def fold_pictures(
