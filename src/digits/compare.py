@@ -378,14 +378,13 @@ def plot_disputed(result: dict, images: dict[int, np.ndarray], path: Path) -> No
     a, b = result["baseline"], result["run"]
     sections = picture_sections(result)
     columns = 15
-    heights = [max(1, -(-len(digits) // columns)) * 1.0 + 0.45 for _, digits in sections]
+    grid_rows = [max(1, -(-len(digits) // columns)) for _, digits in sections]
+    heights = [rows + 0.45 for rows in grid_rows]  # a digit row is about an inch, plus the section's title
     height = max(sum(heights), 1.0)
     figure = plt.figure(figsize=(columns * 0.75, height))
-    for subfigure, (title, digits) in zip(
-        np.atleast_1d(figure.subfigures(len(sections), 1, height_ratios=heights)), sections, strict=True
-    ):
-        grid_rows = max(1, -(-len(digits) // columns))
-        axes = np.atleast_1d(subfigure.subplots(grid_rows, columns)).reshape(-1)
+    subfigures = np.atleast_1d(figure.subfigures(len(sections), 1, height_ratios=heights))
+    for subfigure, rows, (title, digits) in zip(subfigures, grid_rows, sections, strict=True):
+        axes = np.atleast_1d(subfigure.subplots(rows, columns)).reshape(-1)
         for axis in axes:
             axis.axis("off")
         for axis, (row, prediction) in zip(axes, digits, strict=False):
