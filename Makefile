@@ -60,7 +60,7 @@ ensemble: .venv ## Blend several runs into one submission (RUNS=a,b WEIGHTS=equa
 	@test -n "$(RUNS)" || { echo "make ensemble needs RUNS=run1,run2"; exit 2; }
 	$(DIGITS) ensemble --runs '$(RUNS)' $(call opt,WEIGHTS,weights)
 
-compare: .venv ## Is one run better than another? Paired tests on the rows they share (RUNS=a,b: each later run against a; OUT=folder)
+compare: .venv ## Is one run better than another? Paired tests on the rows they share (RUNS=a,b: each later run against a; RUNS=a1+a2,b1+b2 pools two seeds; OUT=folder)
 	@test -n "$(RUNS)" || { echo "make compare needs RUNS=run1,run2 (each later run is compared with the first)"; exit 2; }
 	$(DIGITS) compare --runs '$(RUNS)' $(call opt,OUT,out)
 

@@ -277,8 +277,72 @@ def test_compare_out_refuses_a_run_named_twice(sample_dir, tmp_path):
         hand_built_run(tmp_path / "runs", name, sample_dir, {})
     args = ("--runs", "a,b,b", "--runs-dir", tmp_path / "runs")
     stderr = assert_user_error(run_digits("compare", *args, "--out", tmp_path / "out"))
-    assert "RUNS names b more than once after the first run" in stderr
+    assert "RUNS compares the same two runs more than once (b-vs-a.png)" in stderr
     assert_ok(run_digits("compare", *args))  # without OUT nothing collides
+
+
+# --- several seeds pooled: RUNS=a1+a2,b1+b2 -----------------------------------------------------------------
+
+
+def test_compare_pools_the_pairs_of_two_seeds(sample_dir, sample_labels, tmp_path):
+    runs_dir = tmp_path / "runs"
+    wrong = lambda rows: {row: other_digit(sample_labels[row]) for row in rows}  # noqa: E731
+    # seed 42: a1 alone wrong on OOF rows 1-4 and holdout rows 160-162; b1 alone on OOF row 5. Both on row 9.
+    hand_built_run(runs_dir, "a1", sample_dir, wrong([1, 2, 3, 4, 9, 160, 161, 162]))
+    hand_built_run(runs_dir, "b1", sample_dir, wrong([5, 9]), epochs="30")
+    # seed 7: a2 alone wrong on OOF rows 1, 6, 7 and holdout rows 160, 170; b2 alone on holdout row 199
+    hand_built_run(runs_dir, "a2", sample_dir, wrong([1, 6, 7, 160, 170]), seed="7")
+    hand_built_run(runs_dir, "b2", sample_dir, wrong([199]), seed="7", epochs="30")
+    out = tmp_path / "out"
+
+    result = run_digits("compare", "--runs", "a1+a2,b1+b2", "--runs-dir", runs_dir, "--out", out)
+
+    assert_ok(result)
+    text = result.stdout
+    assert "b1 against a1 (settings that differ: epochs 24 -> 30)" in text  # each pair first, as for two runs
+    assert "b2 against a2 (settings that differ: epochs 24 -> 30)" in text
+    pooled = block(text, re.escape("b1+b2"))
+    assert pooled.startswith("b1+b2 against a1+a2, 2 pairs of runs pooled (settings that differ: epochs 24 -> 30)")
+    assert "OOF, 2 pairs pooled (300 rows): 2 errors against 8 (-6)" in pooled
+    assert f"wrong only in b1+b2: 1, only in a1+a2: 7; p = {mcnemar_p(7, 1):.2g}: within noise" in pooled
+    assert "holdout, fold ensemble, 2 pairs pooled (100 rows): 1 errors against 5 (-4)" in pooled
+    assert f"wrong only in b1+b2: 1, only in a1+a2: 5; p = {mcnemar_p(5, 1):.2g}: within noise" in pooled
+    # row 1 (OOF) and row 160 (holdout) are disputed in both pairs: counted in each, and said so
+    assert "OOF: 1 of the 7 disputed rows are disputed in more than one pair" in pooled
+    assert "holdout, fold ensemble: 1 of the 5 disputed rows are disputed in more than one pair" in pooled
+    saved = json.loads((out / "compare.json").read_text())
+    assert [(entry["baseline"], entry["run"]) for entry in saved] == [("a1", "b1"), ("a2", "b2"), ("a1+a2", "b1+b2")]
+    assert saved[1]["baseline_dir"] == str(runs_dir / "a2") and saved[1]["run_dir"] == str(runs_dir / "b2")
+    assert saved[2]["pairs"] == [["a1", "b1"], ["a2", "b2"]]
+    oof = saved[2]["comparisons"][0]
+    assert (oof["wrong_only_in_baseline"], oof["wrong_only_in_run"], oof["disputed"]) == (7, 1, [])
+    assert oof["p_value"] == pytest.approx(mcnemar_p(7, 1))
+    assert sorted(path.name for path in out.glob("*.png")) == ["b1-vs-a1.png", "b2-vs-a2.png"]  # one per pair
+
+
+def test_compare_pools_only_what_every_pair_compared(sample_dir, tmp_path):
+    runs_dir = tmp_path / "runs"
+    for name, seed in (("a1", "42"), ("b1", "42"), ("a2", "7"), ("b2", "7")):
+        hand_built_run(runs_dir, name, sample_dir, {}, seed=seed)
+    for k in range(2):  # b2 lacks the holdout's predictions: that pair compares OOF only
+        (runs_dir / "b2" / f"fold_{k}" / "holdout_probs.npy").unlink()
+
+    [_, _, pooled] = compare_runs([[runs_dir / "a1", runs_dir / "a2"], [runs_dir / "b1", runs_dir / "b2"]], log=print)
+
+    assert [c.what for c in pooled["comparisons"]] == ["OOF, 2 pairs pooled"]
+    assert pooled["notes"] == [
+        "holdout, fold ensemble not pooled: not compared for b2 against a2 (its notes above say why)"
+    ]
+
+
+def test_compare_refuses_recipes_with_unequal_numbers_of_runs(sample_dir, tmp_path):
+    runs_dir = tmp_path / "runs"
+    for name in ("a1", "a2", "b1"):
+        hand_built_run(runs_dir, name, sample_dir, {})
+    stderr = assert_user_error(run_digits("compare", "--runs", "a1+a2,b1", "--runs-dir", runs_dir))
+    assert "RUNS=a1+a2, b1: every recipe after the first needs as many runs as the first (2)" in stderr
+    stderr = assert_user_error(run_digits("compare", "--runs", "a1+a1,b1+b1", "--runs-dir", runs_dir))
+    assert "a1+a1 names a1 more than once: pooled pairs must be runs trained apart" in stderr
 
 
 # --- the command line on tiny runs -------------------------------------------------------------------

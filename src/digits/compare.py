@@ -12,12 +12,19 @@ Nothing here trains or predicts: it reads the runs' oof.csv, folds.csv and holdo
 that only one run gets wrong when they are few; with `OUT=<folder>` it also writes every figure to
 `compare.json` and draws those digits, one picture per pair of runs, so a user can see what a change fixed and
 what it broke.
+
+One holdout is small (a recipe that is truly better by 2 errors in 4,200 rarely shows it), so a recipe can be
+trained on several seeds and the pairs pooled: `RUNS=a1+a2,b1+b2` compares b1 with a1 and b2 with a2 (each pair
+sharing folds and holdout), then adds up the rows only one run of each pair gets wrong. Under "both recipes are
+equally good" every pair's split is fair coin flips, and pairs trained apart flip their coins apart, so the
+pooled counts take the same exact test, even where two seeds' holdouts share rows (those are reported).
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +72,7 @@ class Paired:
     only_a: int  # rows wrong in run a and right in run b
     only_b: int  # rows wrong in run b and right in run a
     disputed: tuple[Disputed, ...] = ()  # those only_a + only_b rows, by row id
+    kind: str = ""  # what is pooled with what across pairs of runs ("OOF", "holdout, fold ensemble", ...)
 
     @property
     def p_value(self) -> float:
@@ -89,8 +97,10 @@ def paired(
     predictions_a: np.ndarray,
     predictions_b: np.ndarray,
     row_ids: np.ndarray | None = None,
+    kind: str | None = None,
 ) -> Paired:
-    """Compare two runs' predictions of the same rows (`row_ids`, by default 0..n-1)."""
+    """Compare two runs' predictions of the same rows (`row_ids`, by default 0..n-1); `kind` (by default `what`)
+    names the comparison for pooling."""
     row_ids = np.arange(len(labels)) if row_ids is None else np.asarray(row_ids)
     wrong_a = predictions_a != labels
     wrong_b = predictions_b != labels
@@ -106,6 +116,7 @@ def paired(
         int((wrong_a & ~wrong_b).sum()),
         int((wrong_b & ~wrong_a).sum()),
         tuple(disputed),
+        what if kind is None else kind,
     )
 
 
@@ -201,6 +212,7 @@ def compare_pair(a: Run, b: Run) -> dict:
                 common["prediction_a"].to_numpy(),
                 common["prediction_b"].to_numpy(),
                 common["row_id"].to_numpy(),
+                kind="OOF",
             )
         )
     else:
@@ -235,7 +247,7 @@ def compare_pair(a: Run, b: Run) -> dict:
                             b.holdout_predictions[what],
                             a.holdout_rows,
                         )
-                    )
+                    )  # kind = what: "holdout, fold ensemble" or "holdout, with TTA"
     elif len(a.holdout_rows) or len(b.holdout_rows):
         notes.append(
             f"holdout not compared: the runs hold out different rows (HOLDOUT {a.config.holdout} and "
@@ -244,7 +256,55 @@ def compare_pair(a: Run, b: Run) -> dict:
     return {
         "baseline": a.name,
         "run": b.name,
+        "baseline_dir": str(a.run_dir),
+        "run_dir": str(b.run_dir),
         "changes": setting_changes(a.config, b.config),
+        "comparisons": comparisons,
+        "notes": notes,
+    }
+
+
+def pool(pair_results: Sequence[dict]) -> dict:
+    """One recipe against another over several pairs of runs (the results of `compare_pair`): each kind of
+    comparison that every pair made, with the pairs' counts added up."""
+    kinds: dict[str, list[Paired]] = {}
+    for result in pair_results:
+        for comparison in result["comparisons"]:
+            kinds.setdefault(comparison.kind, []).append(comparison)
+    comparisons: list[Paired] = []
+    notes: list[str] = []
+    for kind, items in kinds.items():
+        if len(items) < len(pair_results):
+            lacking = [
+                f"{result['run']} against {result['baseline']}"
+                for result in pair_results
+                if kind not in {comparison.kind for comparison in result["comparisons"]}
+            ]
+            notes.append(f"{kind} not pooled: not compared for {', '.join(lacking)} (its notes above say why)")
+            continue
+        comparisons.append(
+            Paired(
+                f"{kind}, {len(items)} pairs pooled",
+                sum(c.rows for c in items),
+                sum(c.errors_a for c in items),
+                sum(c.errors_b for c in items),
+                sum(c.only_a for c in items),
+                sum(c.only_b for c in items),
+                kind=kind,
+            )
+        )
+        counts = Counter(row.row_id for c in items for row in c.disputed)
+        repeated = sum(1 for times in counts.values() if times > 1)
+        if repeated:
+            notes.append(
+                f"{kind}: {repeated} of the {len(counts)} disputed rows are disputed in more than one pair (the "
+                f"pairs share those rows); each pair's runs were trained apart, so each pair's row counts"
+            )
+    return {
+        "baseline": "+".join(result["baseline"] for result in pair_results),
+        "run": "+".join(result["run"] for result in pair_results),
+        "pairs": [[result["baseline"], result["run"]] for result in pair_results],
+        "changes": list(dict.fromkeys(change for result in pair_results for change in result["changes"])),
         "comparisons": comparisons,
         "notes": notes,
     }
@@ -262,7 +322,8 @@ def format_pair(result: dict, drawn: bool = False) -> str:
     """The terminal block of one pair; `drawn` says the disputed rows were drawn (so a long list is not printed)."""
     a, b = result["baseline"], result["run"]
     changes = "; ".join(result["changes"]) or "none, the same recipe again"
-    lines = [f"{b} against {a} (settings that differ: {changes})"]
+    pooled = f", {len(result['pairs'])} pairs of runs pooled" if "pairs" in result else ""
+    lines = [f"{b} against {a}{pooled} (settings that differ: {changes})"]
     for comparison in result["comparisons"]:
         difference = comparison.errors_b - comparison.errors_a
         lines.append(
@@ -289,11 +350,13 @@ def format_pair(result: dict, drawn: bool = False) -> str:
 
 
 def to_json(results: Sequence[dict]) -> list[dict]:
-    """The results as plain JSON values: every figure printed, and every disputed row."""
+    """The results as plain JSON values: every figure printed, and every disputed row (a pooled result has
+    `pairs` and no disputed rows of its own: its pairs list them)."""
     return [
         {
             "baseline": result["baseline"],
             "run": result["run"],
+            **{key: result[key] for key in ("baseline_dir", "run_dir", "pairs") if key in result},
             "changes": result["changes"],
             "notes": result["notes"],
             "comparisons": [
@@ -406,15 +469,14 @@ def picture_name(result: dict) -> str:
 
 
 def write_outputs(runs: Sequence[Run], results: Sequence[dict], out_dir: Path, log: Callable[[str], None]) -> None:
-    """compare.json (every figure and disputed row), then one picture per pair of runs, in `out_dir`."""
+    """compare.json (every figure and disputed row), then one picture per pair of runs, in `out_dir` (`runs`:
+    every run compared, the first baseline first)."""
     out_dir = Path(out_dir)
-    saved = to_json(results)
-    for entry, run in zip(saved, runs[1:], strict=True):
-        entry["baseline_dir"], entry["run_dir"] = str(runs[0].run_dir), str(run.run_dir)
-    fileio.write_json(out_dir / "compare.json", saved)
+    fileio.write_json(out_dir / "compare.json", to_json(results))
     log(f"wrote {out_dir / 'compare.json'}")
-    images = disputed_images(runs, results)
-    for result in results:
+    pairs = [result for result in results if "pairs" not in result]  # pooled results have no rows of their own
+    images = disputed_images(runs, pairs)
+    for result in pairs:
         path = out_dir / picture_name(result)
         if not result["comparisons"]:
             path.unlink(missing_ok=True)  # not one left from an earlier comparison: the notes say why there is none
@@ -424,46 +486,85 @@ def write_outputs(runs: Sequence[Run], results: Sequence[dict], out_dir: Path, l
 
 
 def compare_runs(
-    run_dirs: Sequence[Path], log: Callable[[str], None] = print, out_dir: Path | None = None
+    run_dirs: Sequence[Path | Sequence[Path]], log: Callable[[str], None] = print, out_dir: Path | None = None
 ) -> list[dict]:
-    """Compare every run after the first with the first; prints one block per run and returns the results.
+    """Compare every run after the first with the first; prints one block per pair and returns the results.
+
+    An item of `run_dirs` may be a list of runs (one recipe trained on several seeds, `RUNS=a1+a2,b1+b2`): then
+    every later list must be as long as the first, its runs are compared with the first list's in order, and a
+    pooled result (with `pairs`) follows each later list's pair results.
     With `out_dir`, then writes compare.json and a picture of the disputed digits per pair there."""
-    if len(run_dirs) < 2:
+    groups = [[Path(item)] if isinstance(item, (str, Path)) else [Path(path) for path in item] for item in run_dirs]
+    if len(groups) < 2 or not all(groups):
         raise CompareError("a comparison needs at least two runs: RUNS=a,b (each later run is compared with a)")
-    runs = [load(run_dir) for run_dir in run_dirs]
-    if out_dir is not None:
-        later = [run.name for run in runs[1:]]
-        twice = sorted({name for name in later if later.count(name) > 1})
+    if any(len(group) != len(groups[0]) for group in groups):
+        names = ", ".join("+".join(path.name for path in group) for group in groups)
+        raise CompareError(
+            f"RUNS={names}: every recipe after the first needs as many runs as the first ({len(groups[0])}), one "
+            f"per seed in the same order, so that each is compared with the first recipe's run of the same seed."
+        )
+    for group in groups:
+        twice = sorted({path.name for path in group if [p.name for p in group].count(path.name) > 1})
         if twice:
             raise CompareError(
-                f"RUNS names {', '.join(twice)} more than once after the first run: with OUT their pictures "
-                f"(<run>-vs-{runs[0].name}.png) would overwrite each other. Name each run once."
+                f"{'+'.join(path.name for path in group)} names {', '.join(twice)} more than once: pooled pairs "
+                f"must be runs trained apart (one per seed). Name each run once."
             )
-    results = [compare_pair(runs[0], run) for run in runs[1:]]
-    for result in results:
+    loaded: dict[Path, Run] = {}
+    for path in (path for group in groups for path in group):
+        if path not in loaded:
+            loaded[path] = load(path)
+    pairs = [list(zip(groups[0], group, strict=True)) for group in groups[1:]]  # per later recipe
+    if out_dir is not None:
+        pictures = [picture_name({"baseline": a.name, "run": b.name}) for group in pairs for a, b in group]
+        twice = sorted({name for name in pictures if pictures.count(name) > 1})
+        if twice:
+            raise CompareError(
+                f"RUNS compares the same two runs more than once ({', '.join(twice)}): with OUT their pictures "
+                f"would overwrite each other. Name each run once."
+            )
+    pair_results: list[dict] = []
+    pooled: list[dict] = []
+    for group in pairs:
+        results = [compare_pair(loaded[a], loaded[b]) for a, b in group]
+        pair_results.extend(results)
+        if len(results) > 1:
+            pooled.append(pool(results))
+    for result in [*pair_results, *pooled]:
         log(format_pair(result, drawn=out_dir is not None))
     log(
         f"p: the chance of a split of the disagreeing rows at least this uneven if both runs were equally good "
         f"(McNemar's exact test); below {SIGNIFICANCE} counts as a difference. Comparing many recipes on one "
-        f"holdout makes some p small by luck: confirm a winner with another SEED."
+        f"holdout makes some p small by luck: confirm a winner with another SEED"
+        + ("." if pooled else " (RUNS=a1+a2,b1+b2 pools two seeds' pairs).")
     )
     if out_dir is not None:
-        write_outputs(runs, results, out_dir, log)
-    return results
+        write_outputs(list(loaded.values()), [*pair_results, *pooled], out_dir, log)
+    return [*pair_results, *pooled]
 
 
 def _cmd_compare(args) -> int:
     from digits.train import resolve_run_dir
 
-    names = [name.strip() for name in (args.runs or "").split(",") if name.strip()]
+    runs_dir = Path(args.runs_dir)
+    groups = []
+    for item in (args.runs or "").split(","):
+        names = [name.strip() for name in item.split("+") if name.strip()]
+        if names:
+            groups.append([resolve_run_dir(name, runs_dir) for name in names])
     out_dir = Path(args.out) if args.out else None
-    compare_runs([resolve_run_dir(name, Path(args.runs_dir)) for name in names], out_dir=out_dir)
+    compare_runs(groups, out_dir=out_dir)
     return 0
 
 
 def register_commands(commands) -> None:
     parser = commands.add_parser("compare", help="is one run better than another? paired tests on shared rows")
-    parser.add_argument("--runs", required=True, help="run names separated by commas; each is compared with the first")
+    parser.add_argument(
+        "--runs",
+        required=True,
+        help="run names separated by commas; each is compared with the first. a1+a2,b1+b2: one recipe per comma, "
+        "trained on several seeds; b1 is compared with a1, b2 with a2, and the pairs are pooled",
+    )
     parser.add_argument("--runs-dir", default=str(paths.RUNS_DIR))
     parser.add_argument(
         "--out", help="folder for compare.json and a picture of the rows only one run gets wrong (per pair of runs)"
