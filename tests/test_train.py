@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -124,6 +125,11 @@ def test_artifact_contents_are_consistent(finished_run, sample_train, sample_tes
         history = pd.read_csv(fold_dir / "history.csv")
         assert history["epoch"].tolist() == [1, 2]
         assert {"loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds"} <= set(history.columns)
+        assert fold_report["last_epoch_accuracy"] == pytest.approx(history["val_accuracy"].iloc[-1])
+        assert report["folds"][fold]["last_epoch_accuracy"] == fold_report["last_epoch_accuracy"]
+    assert report["last_epoch_accuracy_mean"] == pytest.approx(
+        np.mean([row["last_epoch_accuracy"] for row in report["folds"]])
+    )
 
 
 def test_saved_model_takes_raw_pixels_and_reproduces_the_oof_probabilities(finished_run, sample_train):
@@ -160,7 +166,16 @@ def test_report_command_prints_the_fold_table(finished_run):
     )
     assert result.returncode == 0, result.stderr
     report = json.loads((run_dir / "report.json").read_text())
-    assert "fold   val acc  val loss" in result.stdout
+    assert "fold   val acc  val loss  errors  best epoch  last epoch" in result.stdout
+    for row in report["folds"]:
+        assert re.search(
+            rf"^ +{row['fold']} +{row['accuracy']:.4f} .* {row['best_epoch']}/2 +{row['last_epoch_accuracy']:.4f} ",
+            result.stdout,
+            flags=re.M,
+        ), result.stdout
+    assert "chosen on those same rows, so it flatters a little; the last epoch's is not (nor is the holdout)" in (
+        result.stdout
+    )
     assert f"OOF accuracy {report['oof_accuracy']:.4f}" in result.stdout
     h = report["holdout"]
     assert (
@@ -168,6 +183,30 @@ def test_report_command_prints_the_fold_table(finished_run):
         f"with TTA {h['tta_ensemble_accuracy']:.4f}" in result.stdout
     )
     assert str(run_dir / "report.html") in result.stdout
+
+
+def test_report_of_a_run_trained_before_the_last_epoch_column_reads_it_from_history(finished_run, tmp_path):
+    run_dir, _ = finished_run
+    copy = tmp_path / run_dir.name
+    shutil.copytree(run_dir, copy)
+    old = json.loads((copy / "report.json").read_text())
+    for row in old["folds"]:
+        del row["last_epoch_accuracy"]
+    del old["last_epoch_accuracy_mean"]
+    (copy / "report.json").write_text(json.dumps(old))
+    history = pd.read_csv(copy / "fold_1" / "history.csv")
+    history.loc[history.index[-1], "val_accuracy"] = 0.12345  # what the table must show for fold 1
+    history.to_csv(copy / "fold_1" / "history.csv", index=False)
+
+    result = run_digits("report", "--run", copy.name, "--runs-dir", tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"^ +1 +[0-9.]+ .* 0\.1235 ", result.stdout, flags=re.M), result.stdout
+    (copy / "fold_1" / "history.csv").unlink()  # neither the report nor a history: shown as unknown
+    result = run_digits("report", "--run", copy.name, "--runs-dir", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"^ +1 +[0-9.]+ .* +- +[0-9]+s ", result.stdout, flags=re.M), result.stdout
+    assert "flatters" not in result.stdout  # no mean, no note, when a fold's figure is unknown
 
 
 def test_rerunning_a_finished_run_changes_nothing(finished_run, sample_dir):

@@ -73,6 +73,9 @@ def fold_report(
         **summary,
         "best_epoch": best_epoch,
         "epochs": epochs_run,
+        # The best epoch is chosen on these same rows, so `accuracy` flatters the model a little; the last
+        # epoch's accuracy is free of that choice (the holdout, when there is one, is free of it too).
+        "last_epoch_accuracy": float(history[-1]["val_accuracy"]) if history else None,
         "train_seconds": round(train_seconds, 1),
         "seconds_per_epoch": round(train_seconds / max(epochs_run, 1), 2),
         "train_images_per_second": round(train_images * epochs_run / max(train_seconds, 1e-9), 1),
@@ -240,6 +243,8 @@ def run_report(run_dir: Path, train: data.TrainData, fold_ids: np.ndarray) -> di
     config = json.loads((run_dir / "config.json").read_text())
     fold_count = int(config["config"]["folds"])
     fold_reports = [json.loads((run_dir / f"fold_{k}" / "report.json").read_text()) for k in range(fold_count)]
+    for r in fold_reports:
+        r["last_epoch_accuracy"] = last_epoch_accuracy(run_dir, r)
     row_ids, oof_folds, probs = load_oof(run_dir, fold_count)
     labels = train.labels[row_ids]
     expected_rows = np.flatnonzero(fold_ids != folds.HOLDOUT_FOLD)
@@ -272,6 +277,7 @@ def run_report(run_dir: Path, train: data.TrainData, fold_ids: np.ndarray) -> di
                         "errors",
                         "best_epoch",
                         "epochs",
+                        "last_epoch_accuracy",
                         "train_seconds",
                         "seconds_per_epoch",
                         "train_images_per_second",
@@ -284,6 +290,7 @@ def run_report(run_dir: Path, train: data.TrainData, fold_ids: np.ndarray) -> di
         "fold_accuracy_mean": float(accuracies.mean()),
         "fold_accuracy_std": float(accuracies.std(ddof=1)) if len(accuracies) > 1 else 0.0,
         "fold_loss_mean": float(losses.mean()),
+        "last_epoch_accuracy_mean": _mean_or_none([r["last_epoch_accuracy"] for r in fold_reports]),
         "oof_accuracy": oof["accuracy"],
         "oof_loss": oof["loss"],
         "oof_errors": oof["errors"],
@@ -307,6 +314,31 @@ def run_report(run_dir: Path, train: data.TrainData, fold_ids: np.ndarray) -> di
     # Last: a run with a report.json is finished and never rewritten (train.train_run), so it must not exist
     # before report.html does (a kill in between would leave a run without its HTML report for good).
     fileio.write_json(run_dir / "report.json", report)
+    return report
+
+
+def _mean_or_none(values: list[float | None]) -> float | None:
+    return float(np.mean(values)) if values and None not in values else None
+
+
+def last_epoch_accuracy(run_dir: Path, fold_report: dict) -> float | None:
+    """The fold's val accuracy at its last epoch: from its report, or for a fold trained before reports
+    had it, from its history.csv (None if neither has it)."""
+    if fold_report.get("last_epoch_accuracy") is not None:
+        return fold_report["last_epoch_accuracy"]
+    try:
+        history = pd.read_csv(run_dir / f"fold_{fold_report['fold']}" / "history.csv", usecols=["val_accuracy"])
+    except (OSError, ValueError):
+        return None
+    return float(history["val_accuracy"].iloc[-1]) if len(history) else None
+
+
+def with_last_epoch(run_dir: Path, report: dict) -> dict:
+    """A run report (as read from report.json) with every fold's last-epoch val accuracy and their mean, for
+    runs whose report was written before it had them."""
+    for row in report["folds"]:
+        row["last_epoch_accuracy"] = last_epoch_accuracy(run_dir, row)
+    report["last_epoch_accuracy_mean"] = _mean_or_none([row["last_epoch_accuracy"] for row in report["folds"]])
     return report
 
 
@@ -347,20 +379,30 @@ def format_fold_table(report: dict) -> str:
     lines = [
         f"run {report['run']}  ({report['config']['model']}, {report['config']['epochs']} epochs, "
         f"preset {report['config']['preset']})",
-        f"{'fold':>4}{model_head}  {'val acc':>8}  {'val loss':>8}  {'errors':>6}  {'best epoch':>10}  {'time':>8}  "
-        f"{'img/s':>7}",
+        f"{'fold':>4}{model_head}  {'val acc':>8}  {'val loss':>8}  {'errors':>6}  {'best epoch':>10}  "
+        f"{'last epoch':>10}  {'time':>8}  {'img/s':>7}",
     ]
     for row in report["folds"]:
         model = f"  {row['model']:<10}" if mixed else ""
         lines.append(
             f"{row['fold']:>4}{model}  {row['accuracy']:>8.4f}  {row['loss']:>8.4f}  {row['errors']:>6}  "
-            f"{row['best_epoch']:>5}/{row['epochs']:<4}  {row['train_seconds']:>7.0f}s  "
-            f"{row['train_images_per_second']:>7.0f}"
+            f"{row['best_epoch']:>5}/{row['epochs']:<4}  {_accuracy(row.get('last_epoch_accuracy')):>10}  "
+            f"{row['train_seconds']:>7.0f}s  {row['train_images_per_second']:>7.0f}"
         )
     lines.append(
         f"mean{' ' * len(model_head)}  {report['fold_accuracy_mean']:>8.4f}  {report['fold_loss_mean']:>8.4f}   "
         f"(std {report['fold_accuracy_std']:.4f})"
+        + (
+            f"{'':>7}{_accuracy(report['last_epoch_accuracy_mean']):>10}"
+            if report.get("last_epoch_accuracy_mean") is not None
+            else ""
+        )
     )
+    if report.get("last_epoch_accuracy_mean") is not None:
+        lines.append(
+            "val acc is the best epoch's, chosen on those same rows, so it flatters a little; the last epoch's is not"
+            + (" (nor is the holdout)" if "holdout" in report else "")
+        )
     lines.append(
         f"OOF accuracy {report['oof_accuracy']:.4f} over {report['oof_rows']:,} rows ({report['oof_errors']} errors)"
     )
@@ -378,6 +420,10 @@ def format_fold_table(report: dict) -> str:
     if confused:
         lines.append(f"most confused: {confused}")
     return "\n".join(lines)
+
+
+def _accuracy(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
 
 
 # --- HTML ---------------------------------------------------------------------------------------------
@@ -406,6 +452,7 @@ def render_html(run_dir: Path, report: dict) -> str:
             f"{r['loss']:.4f}",
             r["errors"],
             f"{r['best_epoch']}/{r['epochs']}",
+            _accuracy(r.get("last_epoch_accuracy")),
             f"{r['train_seconds']:.0f}",
             f"{r['seconds_per_epoch']:.1f}",
             f"{r['train_images_per_second']:.0f}",
@@ -421,6 +468,7 @@ def render_html(run_dir: Path, report: dict) -> str:
             f"{report['fold_loss_mean']:.4f}",
             sum(r["errors"] for r in report["folds"]),
             "",
+            _accuracy(report.get("last_epoch_accuracy_mean")),
             "",
             "",
             "",
@@ -481,7 +529,9 @@ training time {report["train_seconds_total"]:.0f} s.</p>
 {_table(["", *CLASSES, "total"], balance_rows)}
 <div class="summary">{_image_tag(run_dir / "samples.png", "sample digits per class")}</div>
 <h2>Folds</h2>
-{_table(["fold", "model", "val acc", "val loss", "errors", "best epoch", "train s", "s/epoch", "images/s", "peak RSS MB"], fold_rows)}
+{_table(["fold", "model", "val acc", "val loss", "errors", "best epoch", "val acc, last epoch", "train s", "s/epoch", "images/s", "peak RSS MB"], fold_rows)}
+<p>The checkpoint kept is the epoch with the best val acc, chosen on the fold's own validation rows, so its val acc
+(and the OOF accuracy) flatters it a little; the last epoch's val acc is free of that choice{", and so is the holdout" if "holdout" in report else ""}.</p>
 {holdout}
 <h2>Out-of-fold predictions</h2>
 <div class="summary">{_image_tag(run_dir / "oof_confusion.png", "out-of-fold confusion matrix")}</div>

@@ -933,7 +933,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
             f"{run_dir} has no run report yet (finished: {', '.join(finished) or 'no fold'}); "
             f"finish its folds with `make train RUN={run_dir.name}`."
         )
-    run_report = json.loads(path.read_text())
+    run_report = report.with_last_epoch(run_dir, json.loads(path.read_text()))
     if "holdout" in run_report:
         # TTA on the holdout may have been measured after the report was written (`make submission TTA=1`);
         # if a fold's holdout file has gone since, the report's own figures stand.
