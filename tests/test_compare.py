@@ -20,6 +20,7 @@ import pytest
 from digits import config as config_lib
 from digits import data
 from digits.compare import (
+    HOLDOUT_KINDS,
     PICTURE_LIMIT,
     Disputed,
     Paired,
@@ -102,6 +103,8 @@ def test_setting_changes_lists_what_defines_the_runs():
 
 
 # --- hand-built runs: known predictions of real sample rows ----------------------------------------------
+
+TTA = HOLDOUT_KINDS["with TTA"]
 
 HOLDOUT_ROWS = np.arange(150, 200)
 
@@ -284,15 +287,18 @@ def test_compare_out_refuses_a_run_named_twice(sample_dir, tmp_path):
 # --- several seeds pooled: RUNS=a1+a2,b1+b2 -----------------------------------------------------------------
 
 
+def wrong_in(labels: np.ndarray, rows) -> dict[int, int]:
+    return {row: other_digit(labels[row]) for row in rows}
+
+
 def test_compare_pools_the_pairs_of_two_seeds(sample_dir, sample_labels, tmp_path):
     runs_dir = tmp_path / "runs"
-    wrong = lambda rows: {row: other_digit(sample_labels[row]) for row in rows}  # noqa: E731
     # seed 42: a1 alone wrong on OOF rows 1-4 and holdout rows 160-162; b1 alone on OOF row 5. Both on row 9.
-    hand_built_run(runs_dir, "a1", sample_dir, wrong([1, 2, 3, 4, 9, 160, 161, 162]))
-    hand_built_run(runs_dir, "b1", sample_dir, wrong([5, 9]), epochs="30")
-    # seed 7: a2 alone wrong on OOF rows 1, 6, 7 and holdout rows 160, 170; b2 alone on holdout row 199
-    hand_built_run(runs_dir, "a2", sample_dir, wrong([1, 6, 7, 160, 170]), seed="7")
-    hand_built_run(runs_dir, "b2", sample_dir, wrong([199]), seed="7", epochs="30")
+    hand_built_run(runs_dir, "a1", sample_dir, wrong_in(sample_labels, [1, 2, 3, 4, 9, 160, 161, 162]))
+    hand_built_run(runs_dir, "b1", sample_dir, wrong_in(sample_labels, [5, 9]), epochs="30")
+    # seed 7: a2 alone wrong on OOF rows 1, 6, 7 and holdout rows 160, 170; b2 alone on OOF row 5, holdout row 199
+    hand_built_run(runs_dir, "a2", sample_dir, wrong_in(sample_labels, [1, 6, 7, 160, 170]), seed="7")
+    hand_built_run(runs_dir, "b2", sample_dir, wrong_in(sample_labels, [5, 199]), seed="7", epochs="30")
     out = tmp_path / "out"
 
     result = run_digits("compare", "--runs", "a1+a2,b1+b2", "--runs-dir", runs_dir, "--out", out)
@@ -303,46 +309,104 @@ def test_compare_pools_the_pairs_of_two_seeds(sample_dir, sample_labels, tmp_pat
     assert "b2 against a2 (settings that differ: epochs 24 -> 30)" in text
     pooled = block(text, re.escape("b1+b2"))
     assert pooled.startswith("b1+b2 against a1+a2, 2 pairs of runs pooled (settings that differ: epochs 24 -> 30)")
-    assert "OOF, 2 pairs pooled (300 rows): 2 errors against 8 (-6)" in pooled
-    assert f"wrong only in b1+b2: 1, only in a1+a2: 7; p = {mcnemar_p(7, 1):.2g}: within noise" in pooled
-    assert "holdout, fold ensemble, 2 pairs pooled (100 rows): 1 errors against 5 (-4)" in pooled
-    assert f"wrong only in b1+b2: 1, only in a1+a2: 5; p = {mcnemar_p(5, 1):.2g}: within noise" in pooled
-    # row 1 (OOF) and row 160 (holdout) are disputed in both pairs: counted in each, and said so
-    assert "OOF: 1 of the 7 disputed rows are disputed in more than one pair" in pooled
+    assert "OOF, 2 pairs pooled (300 rows over the pairs, 150 distinct): 3 errors against 8 (-5)" in pooled
+    # Rows disputed in both pairs count once for p: OOF row 1 (only a wrong, twice) once for a, row 5 (only b
+    # wrong, twice) once for b; holdout row 160 (only a wrong, twice) once for a.
+    oof_p, holdout_p = mcnemar_p(6, 1), mcnemar_p(4, 1)
+    assert f"wrong only in b1+b2: 2, only in a1+a2: 7 (each row once: 1 and 6); p = {oof_p:.2g}: within noise" in pooled
+    assert "holdout, fold ensemble, 2 pairs pooled (100 rows over the pairs, 50 distinct): 1 errors against 5" in pooled
+    assert f"wrong only in b1+b2: 1, only in a1+a2: 5 (each row once: 1 and 4); p = {holdout_p:.2g}" in pooled
+    assert "OOF: 2 of the 7 disputed rows are disputed in more than one pair; p counts each of them once" in pooled
     assert "holdout, fold ensemble: 1 of the 5 disputed rows are disputed in more than one pair" in pooled
+    assert "do not change the same settings" not in pooled
     saved = json.loads((out / "compare.json").read_text())
     assert [(entry["baseline"], entry["run"]) for entry in saved] == [("a1", "b1"), ("a2", "b2"), ("a1+a2", "b1+b2")]
     assert saved[1]["baseline_dir"] == str(runs_dir / "a2") and saved[1]["run_dir"] == str(runs_dir / "b2")
     assert saved[2]["pairs"] == [["a1", "b1"], ["a2", "b2"]]
     oof = saved[2]["comparisons"][0]
-    assert (oof["wrong_only_in_baseline"], oof["wrong_only_in_run"], oof["disputed"]) == (7, 1, [])
-    assert oof["p_value"] == pytest.approx(mcnemar_p(7, 1))
+    assert (oof["wrong_only_in_baseline"], oof["wrong_only_in_run"], oof["disputed"]) == (7, 2, [])
+    assert oof["each_row_once"] == {"wrong_only_in_baseline": 6, "wrong_only_in_run": 1}
+    assert oof["distinct_rows"] == 150 and oof["p_value"] == pytest.approx(oof_p)
     assert sorted(path.name for path in out.glob("*.png")) == ["b1-vs-a1.png", "b2-vs-a2.png"]  # one per pair
+
+
+def test_pooled_pairs_can_name_a_winner_that_no_single_pair_can(sample_dir, sample_labels, tmp_path):
+    runs_dir = tmp_path / "runs"
+    a_rows = ([10, 11, 12, 13, 14], [20, 21, 22, 23, 24])  # 5 against 0 in each pair: p = 0.0625 alone
+    for k, (seed, rows) in enumerate((("42", a_rows[0]), ("7", a_rows[1])), start=1):
+        hand_built_run(runs_dir, f"a{k}", sample_dir, wrong_in(sample_labels, rows), seed=seed)
+        hand_built_run(runs_dir, f"b{k}", sample_dir, {}, seed=seed, dropout_scale="1")
+    lines: list[str] = []
+
+    results = compare_runs([[runs_dir / "a1", runs_dir / "a2"], [runs_dir / "b1", runs_dir / "b2"]], log=lines.append)
+
+    assert [verdict(r["comparisons"][0], r["baseline"], r["run"]) for r in results[:2]] == [
+        f"p = {mcnemar_p(5, 0):.2g}: within noise"
+    ] * 2
+    pooled_oof = results[2]["comparisons"][0]
+    assert (pooled_oof.only_a, pooled_oof.only_b, pooled_oof.once) == (10, 0, (10, 0))
+    assert f"p = {mcnemar_p(10, 0):.2g}: b1+b2 has fewer errors here" in "\n".join(lines)
 
 
 def test_compare_pools_only_what_every_pair_compared(sample_dir, tmp_path):
     runs_dir = tmp_path / "runs"
     for name, seed in (("a1", "42"), ("b1", "42"), ("a2", "7"), ("b2", "7")):
         hand_built_run(runs_dir, name, sample_dir, {}, seed=seed)
-    for k in range(2):  # b2 lacks the holdout's predictions: that pair compares OOF only
-        (runs_dir / "b2" / f"fold_{k}" / "holdout_probs.npy").unlink()
+    for k in range(2):
+        (runs_dir / "b2" / f"fold_{k}" / "holdout_probs.npy").unlink()  # that pair compares OOF only
+        for name in ("a1", "b1"):  # only the first pair measured TTA
+            shutil.copy(runs_dir / name / f"fold_{k}" / "holdout_probs.npy", runs_dir / name / f"fold_{k}" / TTA)
 
-    [_, _, pooled] = compare_runs([[runs_dir / "a1", runs_dir / "a2"], [runs_dir / "b1", runs_dir / "b2"]], log=print)
+    results = compare_runs([[runs_dir / "a1", runs_dir / "a2"], [runs_dir / "b1", runs_dir / "b2"]], log=print)
 
-    assert [c.what for c in pooled["comparisons"]] == ["OOF, 2 pairs pooled"]
-    assert pooled["notes"] == [
-        "holdout, fold ensemble not pooled: not compared for b2 against a2 (its notes above say why)"
+    assert [c.what for c in results[0]["comparisons"]] == [
+        "OOF, one model per row",
+        "holdout, fold ensemble",
+        "holdout, with TTA",
+    ]
+    assert [c.what for c in results[2]["comparisons"]] == ["OOF, 2 pairs pooled"]
+    assert results[2]["notes"] == [
+        "holdout, fold ensemble not pooled: b2 against a2 made no such comparison (see its block above)",
+        "holdout, with TTA not pooled: b2 against a2 made no such comparison (see its block above)",
     ]
 
 
-def test_compare_refuses_recipes_with_unequal_numbers_of_runs(sample_dir, tmp_path):
+def test_compare_notes_pairs_that_change_different_settings(sample_dir, tmp_path):
     runs_dir = tmp_path / "runs"
-    for name in ("a1", "a2", "b1"):
-        hand_built_run(runs_dir, name, sample_dir, {})
-    stderr = assert_user_error(run_digits("compare", "--runs", "a1+a2,b1", "--runs-dir", runs_dir))
-    assert "RUNS=a1+a2, b1: every recipe after the first needs as many runs as the first (2)" in stderr
-    stderr = assert_user_error(run_digits("compare", "--runs", "a1+a1,b1+b1", "--runs-dir", runs_dir))
-    assert "a1+a1 names a1 more than once: pooled pairs must be runs trained apart" in stderr
+    for name, seed, settings in (("a1", "42", {}), ("b1", "42", {"epochs": "30"}), ("a2", "7", {}), ("b2", "7", {})):
+        hand_built_run(runs_dir, name, sample_dir, {}, seed=seed, **settings)
+
+    [*_, pooled] = compare_runs([[runs_dir / "a1", runs_dir / "a2"], [runs_dir / "b1", runs_dir / "b2"]], log=print)
+
+    assert pooled["notes"] == [
+        "the pairs do not change the same settings: b1 against a1: epochs 24 -> 30; b2 against a2: nothing"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("runs", "message"),
+    [
+        ("a1+a2,b1", "RUNS=a1+a2,b1: every recipe after the first needs as many runs as the first (2)"),
+        ("a1+a1,b1+b2", "RUNS=a1+a1,b1+b2 names a1 more than once: pooled pairs must be runs trained apart"),
+        ("a1+a2,a1+b2", "RUNS=a1+a2,a1+b2 names a1 more than once"),
+        ("a1+a2,b2+b1", "RUNS=a1+a2,b2+b1 pairs b2 (SEED 7, HOLDOUT 0.25) with a1 (SEED 42, HOLDOUT 0.25): the "),
+        ("a1+a2,b1+c2", "a1 and c2 disagree on the label of train row 3: they were trained on different train.csv"),
+    ],
+)
+def test_compare_refuses_pairs_that_cannot_be_pooled(sample_dir, sample_labels, tmp_path, runs, message):
+    runs_dir = tmp_path / "runs"
+    for name, seed in (("a1", "42"), ("b1", "42"), ("a2", "7"), ("b2", "7")):
+        hand_built_run(runs_dir, name, sample_dir, {}, seed=seed)
+    other = tmp_path / "other"  # c2: trained on a train.csv whose row 3 has another label
+    other.mkdir()
+    table = pd.read_csv(sample_dir / "train.csv")
+    table.loc[3, "label"] = other_digit(table.loc[3, "label"])
+    table.to_csv(other / "train.csv", index=False)
+    hand_built_run(runs_dir, "c2", other, {}, seed="7")
+
+    stderr = assert_user_error(run_digits("compare", "--runs", runs, "--runs-dir", runs_dir))
+
+    assert message in stderr
 
 
 # --- the command line on tiny runs -------------------------------------------------------------------

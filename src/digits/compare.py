@@ -15,9 +15,10 @@ what it broke.
 
 One holdout is small (a recipe that is truly better by 2 errors in 4,200 rarely shows it), so a recipe can be
 trained on several seeds and the pairs pooled: `RUNS=a1+a2,b1+b2` compares b1 with a1 and b2 with a2 (each pair
-sharing folds and holdout), then adds up the rows only one run of each pair gets wrong. Under "both recipes are
-equally good" every pair's split is fair coin flips, and pairs trained apart flip their coins apart, so the
-pooled counts take the same exact test, even where two seeds' holdouts share rows (those are reported).
+sharing SEED and HOLDOUT, so the same folds and held-out rows), then adds up the rows only one run of each pair
+gets wrong. Two seeds' OOF rows are nearly the same rows, and their holdouts share about a tenth: a row that one
+recipe gets right and the other wrong in both pairs is one row's evidence, not two (some digits suit one recipe),
+so the pooled p-value counts every row once, for the recipe that gets it right in more pairs (none on a tie).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import json
 import math
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -73,10 +74,15 @@ class Paired:
     only_b: int  # rows wrong in run b and right in run a
     disputed: tuple[Disputed, ...] = ()  # those only_a + only_b rows, by row id
     kind: str = ""  # what is pooled with what across pairs of runs ("OOF", "holdout, fold ensemble", ...)
+    row_ids: np.ndarray | None = field(default=None, repr=False, compare=False)  # the rows compared
+    # pooled over pairs: rows (with repeats), distinct rows, and only_a / only_b with every row counted once
+    distinct_rows: int | None = None
+    once: tuple[int, int] | None = None
 
     @property
     def p_value(self) -> float:
-        return mcnemar_p(self.only_a, self.only_b)
+        """McNemar's exact p; when pooled, on the counts with every disputed row counted once."""
+        return mcnemar_p(*(self.once or (self.only_a, self.only_b)))
 
 
 def mcnemar_p(only_a: int, only_b: int) -> float:
@@ -117,6 +123,7 @@ def paired(
         int((wrong_b & ~wrong_a).sum()),
         tuple(disputed),
         what if kind is None else kind,
+        row_ids,
     )
 
 
@@ -266,7 +273,8 @@ def compare_pair(a: Run, b: Run) -> dict:
 
 def pool(pair_results: Sequence[dict]) -> dict:
     """One recipe against another over several pairs of runs (the results of `compare_pair`): each kind of
-    comparison that every pair made, with the pairs' counts added up."""
+    comparison that every pair made, with the pairs' counts added up, and the rows disputed in several pairs
+    also counted once each (`Paired.once`, which the p-value uses)."""
     kinds: dict[str, list[Paired]] = {}
     for result in pair_results:
         for comparison in result["comparisons"]:
@@ -280,8 +288,16 @@ def pool(pair_results: Sequence[dict]) -> dict:
                 for result in pair_results
                 if kind not in {comparison.kind for comparison in result["comparisons"]}
             ]
-            notes.append(f"{kind} not pooled: not compared for {', '.join(lacking)} (its notes above say why)")
+            notes.append(f"{kind} not pooled: {', '.join(lacking)} made no such comparison (see its block above)")
             continue
+        # per disputed row: in how many pairs the baseline alone got it wrong, minus those the other run alone did
+        score = Counter()
+        appearances = Counter()
+        for comparison in items:
+            for row in comparison.disputed:
+                score[row.row_id] += 1 if row.prediction_a != row.label else -1
+                appearances[row.row_id] += 1
+        once = (sum(1 for v in score.values() if v > 0), sum(1 for v in score.values() if v < 0))
         comparisons.append(
             Paired(
                 f"{kind}, {len(items)} pairs pooled",
@@ -291,15 +307,24 @@ def pool(pair_results: Sequence[dict]) -> dict:
                 sum(c.only_a for c in items),
                 sum(c.only_b for c in items),
                 kind=kind,
+                distinct_rows=len(np.unique(np.concatenate([c.row_ids for c in items]))),
+                once=once,
             )
         )
-        counts = Counter(row.row_id for c in items for row in c.disputed)
-        repeated = sum(1 for times in counts.values() if times > 1)
+        repeated = sum(1 for times in appearances.values() if times > 1)
         if repeated:
             notes.append(
-                f"{kind}: {repeated} of the {len(counts)} disputed rows are disputed in more than one pair (the "
-                f"pairs share those rows); each pair's runs were trained apart, so each pair's row counts"
+                f"{kind}: {repeated} of the {len(appearances)} disputed rows are disputed in more than one pair; "
+                f"p counts each of them once, for the recipe that gets it right in more pairs (none on a tie)"
             )
+    changes = {" and ".join(result["changes"]) or "nothing" for result in pair_results}
+    if len(changes) > 1:
+        notes.append(
+            "the pairs do not change the same settings: "
+            + "; ".join(
+                f"{r['run']} against {r['baseline']}: {', '.join(r['changes']) or 'nothing'}" for r in pair_results
+            )
+        )
     return {
         "baseline": "+".join(result["baseline"] for result in pair_results),
         "run": "+".join(result["run"] for result in pair_results),
@@ -312,9 +337,10 @@ def pool(pair_results: Sequence[dict]) -> dict:
 
 def verdict(comparison: Paired, name_a: str, name_b: str) -> str:
     p = comparison.p_value
-    if comparison.only_a == comparison.only_b or p >= SIGNIFICANCE:
+    only_a, only_b = comparison.once or (comparison.only_a, comparison.only_b)
+    if only_a == only_b or p >= SIGNIFICANCE:
         return f"p = {p:.2g}: within noise"
-    fewer = name_b if comparison.only_a > comparison.only_b else name_a
+    fewer = name_b if only_a > only_b else name_a
     return f"p = {p:.2g}: {fewer} has fewer errors here"
 
 
@@ -326,13 +352,20 @@ def format_pair(result: dict, drawn: bool = False) -> str:
     lines = [f"{b} against {a}{pooled} (settings that differ: {changes})"]
     for comparison in result["comparisons"]:
         difference = comparison.errors_b - comparison.errors_a
+        rows = f"{comparison.rows:,} rows"
+        if comparison.distinct_rows is not None:
+            rows += f" over the pairs, {comparison.distinct_rows:,} distinct"
         lines.append(
-            f"  {comparison.what} ({comparison.rows:,} rows): {comparison.errors_b} errors against "
+            f"  {comparison.what} ({rows}): {comparison.errors_b} errors against "
             f"{comparison.errors_a} ({difference:+d}); accuracy {1 - comparison.errors_b / comparison.rows:.5f} "
             f"against {1 - comparison.errors_a / comparison.rows:.5f}"
         )
+        once = ""
+        if comparison.once is not None and comparison.once != (comparison.only_a, comparison.only_b):
+            once = f" (each row once: {comparison.once[1]} and {comparison.once[0]})"
         lines.append(
-            f"    wrong only in {b}: {comparison.only_b}, only in {a}: {comparison.only_a}; {verdict(comparison, a, b)}"
+            f"    wrong only in {b}: {comparison.only_b}, only in {a}: {comparison.only_a}{once}; "
+            f"{verdict(comparison, a, b)}"
         )
         if len(comparison.disputed) <= LIST_AT_MOST:
             lines.extend(
@@ -367,6 +400,14 @@ def to_json(results: Sequence[dict]) -> list[dict]:
                     "run_errors": c.errors_b,
                     "wrong_only_in_baseline": c.only_a,
                     "wrong_only_in_run": c.only_b,
+                    **(
+                        {
+                            "distinct_rows": c.distinct_rows,
+                            "each_row_once": {"wrong_only_in_baseline": c.once[0], "wrong_only_in_run": c.once[1]},
+                        }
+                        if c.once is not None
+                        else {}
+                    ),
                     "p_value": c.p_value,
                     "verdict": verdict(c, result["baseline"], result["run"]),
                     "disputed": [
@@ -491,33 +532,45 @@ def compare_runs(
     """Compare every run after the first with the first; prints one block per pair and returns the results.
 
     An item of `run_dirs` may be a list of runs (one recipe trained on several seeds, `RUNS=a1+a2,b1+b2`): then
-    every later list must be as long as the first, its runs are compared with the first list's in order, and a
-    pooled result (with `pairs`) follows each later list's pair results.
+    every later list must be as long as the first, its runs are compared with the first list's in order (each
+    pair sharing SEED and HOLDOUT), and a pooled result (with `pairs`) follows each later list's pair results.
     With `out_dir`, then writes compare.json and a picture of the disputed digits per pair there."""
     groups = [[Path(item)] if isinstance(item, (str, Path)) else [Path(path) for path in item] for item in run_dirs]
     if len(groups) < 2 or not all(groups):
         raise CompareError("a comparison needs at least two runs: RUNS=a,b (each later run is compared with a)")
+    spelled = ",".join("+".join(path.name for path in group) for group in groups)
     if any(len(group) != len(groups[0]) for group in groups):
-        names = ", ".join("+".join(path.name for path in group) for group in groups)
         raise CompareError(
-            f"RUNS={names}: every recipe after the first needs as many runs as the first ({len(groups[0])}), one "
+            f"RUNS={spelled}: every recipe after the first needs as many runs as the first ({len(groups[0])}), one "
             f"per seed in the same order, so that each is compared with the first recipe's run of the same seed."
         )
-    for group in groups:
-        twice = sorted({path.name for path in group if [p.name for p in group].count(path.name) > 1})
+    pooling = len(groups[0]) > 1
+    if pooling:
+        counts = Counter(path.name for group in groups for path in group)
+        twice = sorted(name for name, times in counts.items() if times > 1)
         if twice:
             raise CompareError(
-                f"{'+'.join(path.name for path in group)} names {', '.join(twice)} more than once: pooled pairs "
-                f"must be runs trained apart (one per seed). Name each run once."
+                f"RUNS={spelled} names {', '.join(twice)} more than once: pooled pairs must be runs trained apart, "
+                f"each in one recipe only. Name each run once."
             )
     loaded: dict[Path, Run] = {}
     for path in (path for group in groups for path in group):
         if path not in loaded:
             loaded[path] = load(path)
+    check_same_data(list(loaded.values()))
     pairs = [list(zip(groups[0], group, strict=True)) for group in groups[1:]]  # per later recipe
+    if pooling:
+        for a, b in (pair for group in pairs for pair in group):
+            ca, cb = loaded[a].config, loaded[b].config
+            if (ca.seed, ca.holdout) != (cb.seed, cb.holdout):
+                raise CompareError(
+                    f"RUNS={spelled} pairs {b.name} (SEED {cb.seed}, HOLDOUT {cb.holdout}) with {a.name} (SEED "
+                    f"{ca.seed}, HOLDOUT {ca.holdout}): the runs of a pooled pair must share SEED and HOLDOUT (the "
+                    f"same folds and held-out rows). List each recipe's runs in the same order of seeds."
+                )
     if out_dir is not None:
-        pictures = [picture_name({"baseline": a.name, "run": b.name}) for group in pairs for a, b in group]
-        twice = sorted({name for name in pictures if pictures.count(name) > 1})
+        pictures = Counter(picture_name({"baseline": a.name, "run": b.name}) for group in pairs for a, b in group)
+        twice = sorted(name for name, times in pictures.items() if times > 1)
         if twice:
             raise CompareError(
                 f"RUNS compares the same two runs more than once ({', '.join(twice)}): with OUT their pictures "
@@ -528,19 +581,35 @@ def compare_runs(
     for group in pairs:
         results = [compare_pair(loaded[a], loaded[b]) for a, b in group]
         pair_results.extend(results)
-        if len(results) > 1:
+        if pooling:
             pooled.append(pool(results))
     for result in [*pair_results, *pooled]:
         log(format_pair(result, drawn=out_dir is not None))
     log(
-        f"p: the chance of a split of the disagreeing rows at least this uneven if both runs were equally good "
-        f"(McNemar's exact test); below {SIGNIFICANCE} counts as a difference. Comparing many recipes on one "
-        f"holdout makes some p small by luck: confirm a winner with another SEED"
+        f"p: the chance of a split of the disagreeing rows at least this uneven if both runs (or recipes) were "
+        f"equally good (McNemar's exact test); below {SIGNIFICANCE} counts as a difference. Comparing many recipes "
+        f"on one holdout makes some p small by luck: confirm a winner with another SEED"
         + ("." if pooled else " (RUNS=a1+a2,b1+b2 pools two seeds' pairs).")
     )
     if out_dir is not None:
         write_outputs(list(loaded.values()), [*pair_results, *pooled], out_dir, log)
     return [*pair_results, *pooled]
+
+
+def check_same_data(runs: Sequence[Run]) -> None:
+    """Refuse runs that disagree on the label of a train row they both saw (OOF or holdout): they were trained
+    on different train.csv files, and pooling or drawing their rows would mix the two."""
+    seen: dict[int, tuple[int, str]] = {}
+    for run in runs:
+        rows = np.concatenate([run.oof["row_id"].to_numpy(), run.holdout_rows]).astype(np.int64)
+        labels = np.concatenate([run.oof["label"].to_numpy(), run.holdout_labels]).astype(np.int64)
+        for row, label in zip(rows.tolist(), labels.tolist(), strict=True):
+            known = seen.setdefault(row, (label, run.name))
+            if known[0] != label:
+                raise CompareError(
+                    f"{known[1]} and {run.name} disagree on the label of train row {row}: they were trained on "
+                    f"different train.csv files. Compare runs trained on the same data."
+                )
 
 
 def _cmd_compare(args) -> int:

@@ -11,6 +11,7 @@ accuracy of the fold ensemble when there is a holdout) and report.html, a self-c
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import json
 from pathlib import Path
@@ -75,7 +76,9 @@ def fold_report(
         "epochs": epochs_run,
         # The best epoch is chosen on these same rows, so `accuracy` flatters the model a little; the last
         # epoch's accuracy is free of that choice (the holdout, when there is one, is free of it too).
-        "last_epoch_accuracy": float(history[-1]["val_accuracy"]) if history else None,
+        "last_epoch_accuracy": float(history[-1]["val_accuracy"])
+        if history and "val_accuracy" in history[-1]
+        else None,
         "train_seconds": round(train_seconds, 1),
         "seconds_per_epoch": round(train_seconds / max(epochs_run, 1), 2),
         "train_images_per_second": round(train_images * epochs_run / max(train_seconds, 1e-9), 1),
@@ -243,8 +246,6 @@ def run_report(run_dir: Path, train: data.TrainData, fold_ids: np.ndarray) -> di
     config = json.loads((run_dir / "config.json").read_text())
     fold_count = int(config["config"]["folds"])
     fold_reports = [json.loads((run_dir / f"fold_{k}" / "report.json").read_text()) for k in range(fold_count)]
-    for r in fold_reports:
-        r["last_epoch_accuracy"] = last_epoch_accuracy(run_dir, r)
     row_ids, oof_folds, probs = load_oof(run_dir, fold_count)
     labels = train.labels[row_ids]
     expected_rows = np.flatnonzero(fold_ids != folds.HOLDOUT_FOLD)
@@ -277,7 +278,6 @@ def run_report(run_dir: Path, train: data.TrainData, fold_ids: np.ndarray) -> di
                         "errors",
                         "best_epoch",
                         "epochs",
-                        "last_epoch_accuracy",
                         "train_seconds",
                         "seconds_per_epoch",
                         "train_images_per_second",
@@ -290,7 +290,6 @@ def run_report(run_dir: Path, train: data.TrainData, fold_ids: np.ndarray) -> di
         "fold_accuracy_mean": float(accuracies.mean()),
         "fold_accuracy_std": float(accuracies.std(ddof=1)) if len(accuracies) > 1 else 0.0,
         "fold_loss_mean": float(losses.mean()),
-        "last_epoch_accuracy_mean": _mean_or_none([r["last_epoch_accuracy"] for r in fold_reports]),
         "oof_accuracy": oof["accuracy"],
         "oof_loss": oof["loss"],
         "oof_errors": oof["errors"],
@@ -301,6 +300,7 @@ def run_report(run_dir: Path, train: data.TrainData, fold_ids: np.ndarray) -> di
         "train_seconds_total": round(sum(r["train_seconds"] for r in fold_reports), 1),
         "class_balance": class_balance(train.labels, fold_ids),
     }
+    with_last_epoch(run_dir, report, fold_reports)
     holdout = fold_ids == folds.HOLDOUT_FOLD
     if holdout.any():
         report["holdout"] = holdout_summary(run_dir, fold_count, train.labels[holdout])
@@ -333,13 +333,25 @@ def last_epoch_accuracy(run_dir: Path, fold_report: dict) -> float | None:
     return float(history["val_accuracy"].iloc[-1]) if len(history) else None
 
 
-def with_last_epoch(run_dir: Path, report: dict) -> dict:
-    """A run report (as read from report.json) with every fold's last-epoch val accuracy and their mean, for
-    runs whose report was written before it had them."""
-    for row in report["folds"]:
-        row["last_epoch_accuracy"] = last_epoch_accuracy(run_dir, row)
+def with_last_epoch(run_dir: Path, report: dict, fold_reports: list[dict] | None = None) -> dict:
+    """A run report with every fold's last-epoch val accuracy and their mean: from the fold reports when given,
+    else from the run report's own rows, else (a run trained before reports had it) from history.csv."""
+    for k, row in enumerate(report["folds"]):
+        source = fold_reports[k] if fold_reports is not None else row
+        row["last_epoch_accuracy"] = last_epoch_accuracy(run_dir, {**source, "fold": row["fold"]})
     report["last_epoch_accuracy_mean"] = _mean_or_none([row["last_epoch_accuracy"] for row in report["folds"]])
     return report
+
+
+def read_run_report(run_dir: Path) -> dict:
+    """A finished run's report.json as `make report` shows it: with the last-epoch figures (`with_last_epoch`)
+    and the holdout figures recomputed from the fold files, since TTA may have been measured after the report
+    was written (`make submission TTA=1`); if a fold's holdout file has gone since, the report's own stand."""
+    run_report = with_last_epoch(run_dir, json.loads((run_dir / "report.json").read_text()))
+    if "holdout" in run_report:
+        with contextlib.suppress(OSError, ValueError):
+            run_report["holdout"] = run_holdout_summary(run_dir)
+    return run_report
 
 
 def holdout_summary(run_dir: Path, fold_count: int, labels: np.ndarray) -> dict:
@@ -380,28 +392,28 @@ def format_fold_table(report: dict) -> str:
         f"run {report['run']}  ({report['config']['model']}, {report['config']['epochs']} epochs, "
         f"preset {report['config']['preset']})",
         f"{'fold':>4}{model_head}  {'val acc':>8}  {'val loss':>8}  {'errors':>6}  {'best epoch':>10}  "
-        f"{'last epoch':>10}  {'time':>8}  {'img/s':>7}",
+        f"{'last-epoch acc':>14}  {'time':>8}  {'img/s':>7}",
     ]
     for row in report["folds"]:
         model = f"  {row['model']:<10}" if mixed else ""
         lines.append(
             f"{row['fold']:>4}{model}  {row['accuracy']:>8.4f}  {row['loss']:>8.4f}  {row['errors']:>6}  "
-            f"{row['best_epoch']:>5}/{row['epochs']:<4}  {_accuracy(row.get('last_epoch_accuracy')):>10}  "
+            f"{row['best_epoch']:>5}/{row['epochs']:<4}  {_accuracy(row.get('last_epoch_accuracy')):>14}  "
             f"{row['train_seconds']:>7.0f}s  {row['train_images_per_second']:>7.0f}"
         )
     lines.append(
         f"mean{' ' * len(model_head)}  {report['fold_accuracy_mean']:>8.4f}  {report['fold_loss_mean']:>8.4f}   "
         f"(std {report['fold_accuracy_std']:.4f})"
         + (
-            f"{'':>7}{_accuracy(report['last_epoch_accuracy_mean']):>10}"
+            f"{'':>7}{_accuracy(report['last_epoch_accuracy_mean']):>14}"
             if report.get("last_epoch_accuracy_mean") is not None
             else ""
         )
     )
     if report.get("last_epoch_accuracy_mean") is not None:
         lines.append(
-            "val acc is the best epoch's, chosen on those same rows, so it flatters a little; the last epoch's is not"
-            + (" (nor is the holdout)" if "holdout" in report else "")
+            "val acc is at the best epoch, picked on these same validation rows, so it is slightly optimistic; "
+            "last-epoch acc is not" + (", nor is the holdout" if "holdout" in report else "")
         )
     lines.append(
         f"OOF accuracy {report['oof_accuracy']:.4f} over {report['oof_rows']:,} rows ({report['oof_errors']} errors)"
@@ -531,7 +543,7 @@ training time {report["train_seconds_total"]:.0f} s.</p>
 <h2>Folds</h2>
 {_table(["fold", "model", "val acc", "val loss", "errors", "best epoch", "val acc, last epoch", "train s", "s/epoch", "images/s", "peak RSS MB"], fold_rows)}
 <p>The checkpoint kept is the epoch with the best val acc, chosen on the fold's own validation rows, so its val acc
-(and the OOF accuracy) flatters it a little; the last epoch's val acc is free of that choice{", and so is the holdout" if "holdout" in report else ""}.</p>
+(and the OOF accuracy) is slightly optimistic; the last epoch's val acc is free of that choice{", and so is the holdout" if "holdout" in report else ""}.</p>
 {holdout}
 <h2>Out-of-fold predictions</h2>
 <div class="summary">{_image_tag(run_dir / "oof_confusion.png", "out-of-fold confusion matrix")}</div>

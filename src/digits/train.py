@@ -858,7 +858,7 @@ def train_run(
         from digits import report  # matplotlib and scikit-learn's metrics: not held while the folds train
 
         if (run_dir / "report.json").is_file():  # a finished run is never rewritten
-            run_report = json.loads((run_dir / "report.json").read_text())
+            run_report = report.read_run_report(run_dir)
         else:
             run_report = report.run_report(run_dir, train, fold_ids)
         log(report.format_fold_table(run_report))
@@ -933,13 +933,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
             f"{run_dir} has no run report yet (finished: {', '.join(finished) or 'no fold'}); "
             f"finish its folds with `make train RUN={run_dir.name}`."
         )
-    run_report = report.with_last_epoch(run_dir, json.loads(path.read_text()))
-    if "holdout" in run_report:
-        # TTA on the holdout may have been measured after the report was written (`make submission TTA=1`);
-        # if a fold's holdout file has gone since, the report's own figures stand.
-        with contextlib.suppress(OSError, ValueError):
-            run_report["holdout"] = report.run_holdout_summary(run_dir)
-    print(report.format_fold_table(run_report))
+    print(report.format_fold_table(report.read_run_report(run_dir)))
     print(f"report: {run_dir / 'report.html'}")
     return 0
 
