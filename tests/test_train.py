@@ -61,7 +61,8 @@ def test_every_artifact_is_written(finished_run):
     assert RUN_FILES <= {p.name for p in run_dir.iterdir()}
     for fold in (0, 1):
         fold_dir = run_dir / f"fold_{fold}"
-        assert FOLD_FILES | {"holdout_probs.npy", "holdout_tta_probs.npy"} <= {p.name for p in fold_dir.iterdir()}
+        holdout_files = {"holdout_probs.npy", "holdout_tta_probs.npy", "holdout_last_epoch_probs.npy"}
+        assert FOLD_FILES | holdout_files <= {p.name for p in fold_dir.iterdir()}
         assert not (fold_dir / "backup").exists()  # the resume backup is removed once a fold is finished
         for picture in ("curves.png", "confusion.png", "errors.png"):
             assert (fold_dir / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -94,7 +95,11 @@ def test_artifact_contents_are_consistent(finished_run, sample_train, sample_tes
     assert report["class_balance"]["all"] == np.bincount(sample_train.labels, minlength=10).tolist()
     holdout_labels = folds_csv.loc[folds_csv["fold"] == -1, "label"].to_numpy()
     assert report["holdout"]["rows"] == len(holdout_labels) > 0
-    for prefix, name in (("", "holdout_probs.npy"), ("tta_", "holdout_tta_probs.npy")):
+    for prefix, name in (
+        ("", "holdout_probs.npy"),
+        ("tta_", "holdout_tta_probs.npy"),
+        ("last_epoch_", "holdout_last_epoch_probs.npy"),
+    ):
         fold_probs = [np.load(run_dir / f"fold_{k}" / name) for k in (0, 1)]
         assert all(p.shape == (len(holdout_labels), 10) for p in fold_probs)
         ensemble = np.mean(fold_probs, axis=0).argmax(axis=1)
@@ -122,6 +127,13 @@ def test_artifact_contents_are_consistent(finished_run, sample_train, sample_tes
         test_probs = np.load(fold_dir / "test_probs.npy")
         assert test_probs.shape == (len(sample_test), 10)
         assert np.allclose(test_probs.sum(axis=1), 1.0, atol=1e-4)
+        # the last epoch's holdout predictions come from the last epoch's weights: the best epoch's model's
+        # when that was the last epoch, another model's otherwise
+        best, last = (np.load(fold_dir / name) for name in ("holdout_probs.npy", "holdout_last_epoch_probs.npy"))
+        if fold_report["best_epoch"] == 2:
+            np.testing.assert_allclose(last, best, atol=1e-6)
+        else:
+            assert np.abs(last - best).max() > 1e-4
         history = pd.read_csv(fold_dir / "history.csv")
         assert history["epoch"].tolist() == [1, 2]
         assert {"loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds"} <= set(history.columns)
@@ -180,6 +192,10 @@ def test_report_command_prints_the_fold_table(finished_run):
     assert "so it is slightly optimistic; last-epoch acc is not, nor is the holdout" in result.stdout
     assert f"OOF accuracy {report['oof_accuracy']:.4f}" in result.stdout
     h = report["holdout"]
+    assert (
+        f"the last epochs' models instead of the best: fold ensemble {h['last_epoch_ensemble_accuracy']:.4f}, "
+        f"single folds {min(h['last_epoch_fold_accuracy']):.4f}-" in result.stdout
+    )
     assert (
         f"holdout ({h['rows']:,} rows): fold ensemble accuracy {h['ensemble_accuracy']:.4f}, "
         f"with TTA {h['tta_ensemble_accuracy']:.4f}" in result.stdout

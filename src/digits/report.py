@@ -354,13 +354,24 @@ def read_run_report(run_dir: Path) -> dict:
     return run_report
 
 
+# The holdout's predictions in every fold folder, by the prefix of their figures in the report: the best epoch's
+# (the fold's model), with TTA (measured at the end of every fold, or by `make submission TTA=1`), and the last
+# epoch's (saved since session 8, so older runs lack it).
+HOLDOUT_FILES = (
+    ("", "holdout_probs.npy"),
+    ("tta_", "holdout_tta_probs.npy"),
+    ("last_epoch_", "holdout_last_epoch_probs.npy"),
+)
+
+
 def holdout_summary(run_dir: Path, fold_count: int, labels: np.ndarray) -> dict:
-    """Accuracy on the holdout rows of each fold model and of their mean, and with TTA when measured."""
+    """Accuracy on the holdout rows of each fold model and of their mean, and with TTA and at the last epoch
+    when every fold has those predictions."""
     summary: dict = {"rows": int(len(labels))}
-    for prefix, name in (("", "holdout_probs.npy"), ("tta_", "holdout_tta_probs.npy")):
+    for prefix, name in HOLDOUT_FILES:
         paths_ = [run_dir / f"fold_{k}" / name for k in range(fold_count)]
         if prefix and not all(p.is_file() for p in paths_):
-            continue  # TTA on the holdout is measured at the end of every fold, or by `make submission TTA=1`
+            continue
         fold_probs = [np.load(p) for p in paths_]
         summary[f"{prefix}ensemble_accuracy"] = float((np.mean(fold_probs, axis=0).argmax(axis=1) == labels).mean())
         summary[f"{prefix}fold_accuracy"] = [float((p.argmax(axis=1) == labels).mean()) for p in fold_probs]
@@ -428,6 +439,11 @@ def format_fold_table(report: dict) -> str:
         lines.append(
             f"holdout ({h['rows']:,} rows): fold ensemble accuracy {h['ensemble_accuracy']:.4f}{tta}; {ranges}"
         )
+        if "last_epoch_ensemble_accuracy" in h:
+            lines.append(
+                f"  the last epochs' models instead of the best: fold ensemble {h['last_epoch_ensemble_accuracy']:.4f}, "
+                f"single folds {min(h['last_epoch_fold_accuracy']):.4f}-{max(h['last_epoch_fold_accuracy']):.4f}"
+            )
     confused = ", ".join(f"{p['classes'][0]}↔{p['classes'][1]} ({p['count']})" for p in report["most_confused"][:3])
     if confused:
         lines.append(f"most confused: {confused}")
@@ -513,6 +529,13 @@ def render_html(run_dir: Path, report: dict) -> str:
                 f"<b>{h['tta_ensemble_accuracy']:.4f}</b>; single folds "
                 f"{', '.join(f'{a:.4f}' for a in h['tta_fold_accuracy'])}."
                 if "tta_ensemble_accuracy" in h
+                else ""
+            )
+            + (
+                f" The last epochs' models instead of the best epochs' (the checkpoint chosen on each fold's "
+                f"validation rows): ensemble <b>{h['last_epoch_ensemble_accuracy']:.4f}</b>; single folds "
+                f"{', '.join(f'{a:.4f}' for a in h['last_epoch_fold_accuracy'])}."
+                if "last_epoch_ensemble_accuracy" in h
                 else ""
             )
             + "</p>"

@@ -417,6 +417,10 @@ def train_fold(
             callbacks=[monitor],
             verbose=0,
         )
+    # The model holds the last epoch's weights here (also after a resume: see above). Their holdout predictions
+    # say whether choosing the best epoch on the validation rows pays; the report puts the two side by side.
+    has_holdout = holdout_images is not None and len(holdout_images) > 0
+    holdout_last_probs = predict(model, holdout_images) if has_holdout else None
     # Restore the best epoch, save the fold's model, predict what the reports and the ensemble need.
     model.load_weights(backup_dir / state["best_file"])
     with fileio.atomic_path(fold_dir / "model.keras") as tmp:
@@ -426,7 +430,7 @@ def train_fold(
     predict_seconds = time.perf_counter() - predict_started
     test_probs = predict(model, test_images)
     holdout_probs = holdout_tta_probs = None
-    if holdout_images is not None and len(holdout_images):
+    if has_holdout:
         from digits.submission import tta_probs
 
         holdout_probs = predict(model, holdout_images)
@@ -440,6 +444,7 @@ def train_fold(
     if holdout_probs is not None:
         fileio.write_npy(fold_dir / "holdout_probs.npy", holdout_probs)
         fileio.write_npy(fold_dir / "holdout_tta_probs.npy", holdout_tta_probs)
+        fileio.write_npy(fold_dir / "holdout_last_epoch_probs.npy", holdout_last_probs)
 
     history = state["history"]
     fold_report = report.fold_report(
