@@ -284,6 +284,7 @@ def run_report(run_dir: Path, train: data.TrainData, fold_ids: np.ndarray) -> di
                         "peak_rss_mb",
                     )
                 },
+                "last_epoch_accuracy": r.get("last_epoch_accuracy"),  # None for folds trained before it existed
             }
             for r in fold_reports
         ],
@@ -300,7 +301,7 @@ def run_report(run_dir: Path, train: data.TrainData, fold_ids: np.ndarray) -> di
         "train_seconds_total": round(sum(r["train_seconds"] for r in fold_reports), 1),
         "class_balance": class_balance(train.labels, fold_ids),
     }
-    with_last_epoch(run_dir, report, fold_reports)
+    with_last_epoch(run_dir, report)
     holdout = fold_ids == folds.HOLDOUT_FOLD
     if holdout.any():
         report["holdout"] = holdout_summary(run_dir, fold_count, train.labels[holdout])
@@ -333,12 +334,11 @@ def last_epoch_accuracy(run_dir: Path, fold_report: dict) -> float | None:
     return float(history["val_accuracy"].iloc[-1]) if len(history) else None
 
 
-def with_last_epoch(run_dir: Path, report: dict, fold_reports: list[dict] | None = None) -> dict:
-    """A run report with every fold's last-epoch val accuracy and their mean: from the fold reports when given,
-    else from the run report's own rows, else (a run trained before reports had it) from history.csv."""
-    for k, row in enumerate(report["folds"]):
-        source = fold_reports[k] if fold_reports is not None else row
-        row["last_epoch_accuracy"] = last_epoch_accuracy(run_dir, {**source, "fold": row["fold"]})
+def with_last_epoch(run_dir: Path, report: dict) -> dict:
+    """A run report with every fold's last-epoch val accuracy and their mean: from its own rows, or (a fold
+    trained before reports had it) from the fold's history.csv."""
+    for row in report["folds"]:
+        row["last_epoch_accuracy"] = last_epoch_accuracy(run_dir, row)
     report["last_epoch_accuracy_mean"] = _mean_or_none([row["last_epoch_accuracy"] for row in report["folds"]])
     return report
 
