@@ -73,3 +73,65 @@ def test_fold_table_shows_an_unknown_last_epoch_as_a_dash_and_no_mean():
     assert lines[3][end - 1 : end] == "-" and lines[3][end - 2] == " ", lines[3]
     assert "(std 0.0010)" in lines[4] and lines[4].rstrip().endswith("(std 0.0010)")
     assert not any("optimistic" in line for line in lines)
+
+
+def hand_built_holdout(run_dir, labels: np.ndarray, predicted: np.ndarray, confidence: np.ndarray, wrong_in: list):
+    """Fold folders of holdout predictions: fold k says `predicted[i]` with `confidence[i]` (the rest on the label)
+    for each row i in `wrong_in[k]` and for the rows it gets right anyway; for a row the ensemble gets wrong
+    but fold k does not (i not in `wrong_in[k]`), fold k says the label with 0.6 and `predicted[i]` with 0.4."""
+    fold_probs = []
+    for k, wrong in enumerate(wrong_in):
+        probs = np.zeros((len(labels), 10), dtype=np.float32)
+        for i, (label, guess, conf) in enumerate(zip(labels, predicted, confidence, strict=True)):
+            if guess == label:
+                probs[i, label], probs[i, (label + 1) % 10] = conf, 1 - conf
+            elif i in wrong:
+                probs[i, guess], probs[i, label] = conf, 1 - conf
+            else:
+                probs[i, label], probs[i, guess] = 0.6, 0.4
+        fold_dir = run_dir / f"fold_{k}"
+        fold_dir.mkdir(parents=True)
+        np.save(fold_dir / "holdout_probs.npy", probs)
+        fold_probs.append(probs)
+    return fold_probs
+
+
+def test_holdout_summary_lists_the_ensembles_mistakes_most_confident_first(tmp_path, sample_train):
+    rows = 16
+    row_ids = np.arange(100, 100 + rows) * 7  # train.csv rows of the holdout
+    labels = sample_train.labels[row_ids]
+    predicted = (labels + 1) % 10  # the ensemble gets the first 14 rows wrong, the last 2 right
+    predicted[14:] = labels[14:]
+    confidence = np.linspace(0.95, 0.96, rows).astype(np.float32)  # the later the row, the more confident
+    wrong_in = [set(range(14)), set(range(14)), set(range(0, 14, 2))]  # fold 2 alone gets odd rows right
+    fold_probs = hand_built_holdout(tmp_path, labels, predicted, confidence, wrong_in)
+    ensemble = np.mean(fold_probs, axis=0)
+    assert (ensemble.argmax(axis=1) == predicted).all()  # the construction does what it says
+
+    summary = report.holdout_summary(tmp_path, 3, labels, row_ids)
+
+    assert summary["ensemble_errors"] == 14 and summary["ensemble_accuracy"] == pytest.approx(2 / 16)
+    mistakes = summary["ensemble_mistakes"]
+    # most confident first: the rows all three folds get wrong (even), then those fold 2 gets right (odd; the
+    # ensemble says (2 x 0.95 + 0.4) / 3), each group by falling confidence
+    assert [m["row_id"] for m in mistakes] == row_ids[[12, 10, 8, 6, 4, 2, 0, 13, 11, 9, 7, 5, 3, 1]].tolist()
+    for m in mistakes:
+        i = int(np.flatnonzero(row_ids == m["row_id"])[0])
+        assert (m["label"], m["prediction"]) == (labels[i], predicted[i])
+        assert m["confidence"] == pytest.approx(ensemble[i].max(), abs=1e-4)
+        assert m["folds_wrong"] == (3 if i % 2 == 0 else 2)
+
+    table = run_report([0.99, 0.99, 0.99], ["cnn"] * 3)
+    table["holdout"] = {**summary, "fold_accuracy": [0.5, 0.5, 0.5]}
+    lines = report.format_fold_table(table).splitlines()
+    start = next(i for i, line in enumerate(lines) if "the ensemble's mistakes, most confident first" in line)
+    listed = [item.strip() for line in lines[start + 1 : start + 3] for item in line.split(";")[0].split(",  ")]
+    assert listed == [
+        f"{m['row_id']} {m['label']}→{m['prediction']} {m['confidence']:.2f} {m['folds_wrong']}/3"
+        for m in mistakes[: report.HOLDOUT_MISTAKES_LISTED]
+    ]
+    assert lines[start + 2].endswith(f";  {14 - report.HOLDOUT_MISTAKES_LISTED} more, less confident")
+    assert "(14 errors)" in lines[start - 1]
+
+    report.plot_holdout_errors(tmp_path, 3, sample_train.images[row_ids], labels, row_ids)
+    assert (tmp_path / "holdout_errors.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -109,6 +109,23 @@ def test_artifact_contents_are_consistent(finished_run, sample_train, sample_tes
         assert report["holdout"][f"{prefix}fold_accuracy"] == pytest.approx(
             [float((p.argmax(axis=1) == holdout_labels).mean()) for p in fold_probs]
         )
+        assert report["holdout"][f"{prefix}ensemble_errors"] == int((ensemble != holdout_labels).sum())
+    # the fold ensemble's mistakes, row by row, most confident first, and their picture
+    fold_probs = [np.load(run_dir / f"fold_{k}" / "holdout_probs.npy") for k in (0, 1)]
+    mean = np.mean(fold_probs, axis=0)
+    holdout_rows = folds_csv.loc[folds_csv["fold"] == -1, "row_id"].to_numpy()
+    wrong = np.flatnonzero(mean.argmax(axis=1) != holdout_labels)
+    mistakes = report["holdout"]["ensemble_mistakes"]
+    assert len(mistakes) == report["holdout"]["ensemble_errors"] == len(wrong) > 0  # a 2-epoch tiny model errs
+    assert sorted(m["row_id"] for m in mistakes) == sorted(holdout_rows[wrong].tolist())
+    by_row = dict(zip(holdout_rows.tolist(), range(len(holdout_rows)), strict=True))
+    for m in mistakes:
+        i = by_row[m["row_id"]]
+        assert (m["label"], m["prediction"]) == (sample_train.labels[m["row_id"]], mean[i].argmax())
+        assert m["confidence"] == pytest.approx(mean[i].max(), abs=1e-4)
+        assert m["folds_wrong"] == sum(int(p[i].argmax() != m["label"]) for p in fold_probs)
+    assert [m["confidence"] for m in mistakes] == sorted((m["confidence"] for m in mistakes), reverse=True)
+    assert (run_dir / "holdout_errors.png").stat().st_size > 0
     # TTA really averaged shifted views (a copy of the plain probabilities would pass the checks above).
     assert not np.array_equal(
         np.load(run_dir / "fold_0" / "holdout_tta_probs.npy"), np.load(run_dir / "fold_0" / "holdout_probs.npy")
@@ -161,14 +178,18 @@ def test_html_report_is_self_contained_and_shows_every_fold(finished_run):
     for fold in (0, 1):
         assert f"fold {fold} · val acc" in page
         assert f"fold {fold} misclassified digits" in page
-    assert page.count("data:image/png;base64,") >= 2 * 3 + 2  # three pictures per fold, plus run pictures
+    assert page.count("data:image/png;base64,") >= 2 * 3 + 3  # three pictures per fold, plus run pictures
     assert "src='http" not in page and 'src="http' not in page  # nothing fetched from elsewhere
     saved = json.loads((run_dir / "report.json").read_text())
     assert "<th>val acc, last epoch</th>" in page
     for row in saved["folds"]:
         assert f"<td>{row['best_epoch']}/2</td><td>{row['last_epoch_accuracy']:.4f}</td>" in page
     holdout = saved["holdout"]
-    assert f"Fold ensemble accuracy <b>{holdout['ensemble_accuracy']:.4f}</b>" in page
+    assert (
+        f"Fold ensemble accuracy <b>{holdout['ensemble_accuracy']:.4f}</b> ({holdout['ensemble_errors']} errors)"
+        in page
+    )
+    assert "alt='the holdout digits the fold ensemble gets wrong'" in page
     assert f"ensemble <b>{holdout['tta_ensemble_accuracy']:.4f}</b>" in page
 
 
@@ -197,9 +218,16 @@ def test_report_command_prints_the_fold_table(finished_run):
         f"single folds {min(h['last_epoch_fold_accuracy']):.4f}-" in result.stdout
     )
     assert (
-        f"holdout ({h['rows']:,} rows): fold ensemble accuracy {h['ensemble_accuracy']:.4f}, "
-        f"with TTA {h['tta_ensemble_accuracy']:.4f}" in result.stdout
+        f"holdout ({h['rows']:,} rows): fold ensemble accuracy {h['ensemble_accuracy']:.4f} "
+        f"({h['ensemble_errors']} errors), with TTA {h['tta_ensemble_accuracy']:.4f}" in result.stdout
     )
+    first = h["ensemble_mistakes"][0]
+    assert re.search(
+        rf"^    {first['row_id']} {first['label']}→{first['prediction']} {first['confidence']:.2f} "
+        rf"{first['folds_wrong']}/2(,  |;|$)",
+        result.stdout,
+        flags=re.M,
+    ), result.stdout
     assert str(run_dir / "report.html") in result.stdout
 
 

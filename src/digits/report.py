@@ -3,9 +3,9 @@
 Per fold (`fold_<k>/`): report.json (accuracy, loss, per-class precision/recall/F1, confusion
 matrix, best epoch, seconds, images/s, peak RSS), curves.png, confusion.png, errors.png.
 Per run: oof.csv (row id, fold, label, prediction, 10 probabilities), report.json (fold table,
-mean and std, OOF accuracy over all rows, OOF confusion matrix, the most confused pairs, holdout
-accuracy of the fold ensemble when there is a holdout) and report.html, a self-contained page
-(pictures embedded) with every fold side by side.
+mean and std, OOF accuracy over all rows, OOF confusion matrix, the most confused pairs; when there is a
+holdout, the fold ensemble's accuracy on it and its mistakes, row by row, also drawn in holdout_errors.png)
+and report.html, a self-contained page (pictures embedded) with every fold side by side.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ from digits import data, fileio, folds  # noqa: E402
 
 CLASSES = list(range(data.NUM_CLASSES))
 ERROR_GRID = 36  # misclassified digits shown per fold
+HOLDOUT_ERROR_GRID = 54  # misclassified holdout digits shown for the run's fold ensemble
+HOLDOUT_MISTAKES_LISTED = 12  # and listed by `make report`
 
 
 def classification_summary(labels: np.ndarray, probs: np.ndarray) -> dict:
@@ -149,8 +151,10 @@ def plot_errors(
     path: Path,
     title: str,
     limit: int = ERROR_GRID,
+    notes: np.ndarray | None = None,
 ) -> None:
-    """The most confident mistakes first: true label, prediction, confidence and train.csv row."""
+    """The most confident mistakes first: true label, prediction, confidence and train.csv row (and the row's
+    entry of `notes`, when given, after it)."""
     predictions = probs.argmax(axis=1)
     wrong = np.flatnonzero(predictions != labels)
     wrong = wrong[np.argsort(-probs[wrong, predictions[wrong]])][:limit]
@@ -162,7 +166,8 @@ def plot_errors(
     for axis, index in zip(axes.flat, wrong, strict=False):
         axis.imshow(images[index, :, :, 0], cmap="gray_r", vmin=0, vmax=255)
         axis.set_title(
-            f"{labels[index]}→{predictions[index]} {probs[index, predictions[index]]:.2f}\nrow {row_ids[index]}",
+            f"{labels[index]}→{predictions[index]} {probs[index, predictions[index]]:.2f}\nrow {row_ids[index]}"
+            + (f" {notes[index]}" if notes is not None else ""),
             fontsize=6.5,
         )
     if not len(wrong):
@@ -304,7 +309,8 @@ def run_report(run_dir: Path, train: data.TrainData, fold_ids: np.ndarray) -> di
     with_last_epoch(run_dir, report)
     holdout = fold_ids == folds.HOLDOUT_FOLD
     if holdout.any():
-        report["holdout"] = holdout_summary(run_dir, fold_count, train.labels[holdout])
+        report["holdout"] = holdout_summary(run_dir, fold_count, train.labels[holdout], np.flatnonzero(holdout))
+        plot_holdout_errors(run_dir, fold_count, train.images[holdout], train.labels[holdout], np.flatnonzero(holdout))
     plot_confusion(
         np.array(oof["confusion_matrix"]),
         run_dir / "oof_confusion.png",
@@ -364,18 +370,68 @@ HOLDOUT_FILES = (
 )
 
 
-def holdout_summary(run_dir: Path, fold_count: int, labels: np.ndarray) -> dict:
-    """Accuracy on the holdout rows of each fold model and of their mean, and with TTA and at the last epoch
-    when every fold has those predictions."""
+def holdout_summary(run_dir: Path, fold_count: int, labels: np.ndarray, row_ids: np.ndarray) -> dict:
+    """Accuracy and errors on the holdout rows of each fold model and of their mean, and with TTA and at the
+    last epoch when every fold has those predictions; and the fold ensemble's mistakes, row by row
+    (`holdout_mistakes`). `row_ids` are the holdout rows' 0-based data rows of train.csv."""
     summary: dict = {"rows": int(len(labels))}
     for prefix, name in HOLDOUT_FILES:
         paths_ = [run_dir / f"fold_{k}" / name for k in range(fold_count)]
         if prefix and not all(p.is_file() for p in paths_):
             continue
         fold_probs = [np.load(p) for p in paths_]
-        summary[f"{prefix}ensemble_accuracy"] = float((np.mean(fold_probs, axis=0).argmax(axis=1) == labels).mean())
+        predictions = np.mean(fold_probs, axis=0).argmax(axis=1)
+        summary[f"{prefix}ensemble_accuracy"] = float((predictions == labels).mean())
+        summary[f"{prefix}ensemble_errors"] = int((predictions != labels).sum())
         summary[f"{prefix}fold_accuracy"] = [float((p.argmax(axis=1) == labels).mean()) for p in fold_probs]
+        if not prefix:
+            summary["ensemble_mistakes"] = holdout_mistakes(fold_probs, labels, row_ids)
     return summary
+
+
+def holdout_mistakes(fold_probs: list[np.ndarray], labels: np.ndarray, row_ids: np.ndarray) -> list[dict]:
+    """The holdout rows the fold ensemble gets wrong, most confident first: train.csv row, label, the
+    ensemble's prediction and confidence, and how many of the fold models get the row wrong on their own (a
+    row every model gets wrong with confidence is often mislabelled; look at it in holdout_errors.png)."""
+    probs = np.mean(fold_probs, axis=0)
+    predictions = probs.argmax(axis=1)
+    folds_wrong = _folds_wrong(fold_probs, labels)
+    wrong = np.flatnonzero(predictions != labels)
+    wrong = wrong[np.argsort(-probs[wrong, predictions[wrong]], kind="stable")]
+    return [
+        {
+            "row_id": int(row_ids[i]),
+            "label": int(labels[i]),
+            "prediction": int(predictions[i]),
+            "confidence": round(float(probs[i, predictions[i]]), 4),
+            "folds_wrong": int(folds_wrong[i]),
+        }
+        for i in wrong
+    ]
+
+
+def _folds_wrong(fold_probs: list[np.ndarray], labels: np.ndarray) -> np.ndarray:
+    """Per row, how many of the fold models get it wrong on their own."""
+    return np.sum([p.argmax(axis=1) != labels for p in fold_probs], axis=0)
+
+
+def plot_holdout_errors(
+    run_dir: Path, fold_count: int, images: np.ndarray, labels: np.ndarray, row_ids: np.ndarray
+) -> None:
+    """holdout_errors.png: the holdout digits the fold ensemble gets wrong, each with how many fold models
+    get it wrong alone (e.g. `5/5`)."""
+    fold_probs = [np.load(run_dir / f"fold_{k}" / "holdout_probs.npy") for k in range(fold_count)]
+    folds_wrong = _folds_wrong(fold_probs, labels)
+    plot_errors(
+        images,
+        labels,
+        np.mean(fold_probs, axis=0),
+        row_ids,
+        run_dir / "holdout_errors.png",
+        f"holdout, fold ensemble of {fold_count} (n/{fold_count}: fold models wrong alone)",
+        limit=HOLDOUT_ERROR_GRID,
+        notes=np.array([f"{n}/{fold_count}" for n in folds_wrong]),
+    )
 
 
 def run_holdout_summary(run_dir: Path) -> dict | None:
@@ -384,7 +440,12 @@ def run_holdout_summary(run_dir: Path) -> dict | None:
     holdout = frame["fold"] == folds.HOLDOUT_FOLD
     if not holdout.any():
         return None
-    return holdout_summary(run_dir, int(frame.loc[~holdout, "fold"].max()) + 1, frame.loc[holdout, "label"].to_numpy())
+    return holdout_summary(
+        run_dir,
+        int(frame.loc[~holdout, "fold"].max()) + 1,
+        frame.loc[holdout, "label"].to_numpy(),
+        frame.loc[holdout, "row_id"].to_numpy(),
+    )
 
 
 def class_balance(labels: np.ndarray, fold_ids: np.ndarray) -> dict:
@@ -436,9 +497,24 @@ def format_fold_table(report: dict) -> str:
         for row, accuracy in zip(report["folds"], h["fold_accuracy"], strict=True):
             singles.setdefault(row.get("model") if mixed else "folds", []).append(accuracy)
         ranges = "; ".join(f"single {name} {min(a):.4f}-{max(a):.4f}" for name, a in singles.items())
+        errors = f" ({h['ensemble_errors']} errors)" if "ensemble_errors" in h else ""
         lines.append(
-            f"holdout ({h['rows']:,} rows): fold ensemble accuracy {h['ensemble_accuracy']:.4f}{tta}; {ranges}"
+            f"holdout ({h['rows']:,} rows): fold ensemble accuracy {h['ensemble_accuracy']:.4f}{errors}{tta}; {ranges}"
         )
+        mistakes = h.get("ensemble_mistakes") or []
+        if mistakes:
+            items = [
+                f"{m['row_id']} {m['label']}→{m['prediction']} {m['confidence']:.2f} "
+                f"{m['folds_wrong']}/{len(h['fold_accuracy'])}"
+                for m in mistakes[:HOLDOUT_MISTAKES_LISTED]
+            ]
+            lines.append(
+                "  the ensemble's mistakes, most confident first (train.csv row, label→prediction, confidence, "
+                "fold models wrong alone):"
+            )
+            lines.extend("    " + ",  ".join(items[i : i + 6]) for i in range(0, len(items), 6))
+            if len(mistakes) > len(items):
+                lines[-1] += f";  {len(mistakes) - len(items)} more, less confident"
         if "last_epoch_ensemble_accuracy" in h:
             lines.append(
                 f"  the last epochs' models instead of the best: fold ensemble {h['last_epoch_ensemble_accuracy']:.4f}, "
@@ -522,7 +598,7 @@ def render_html(run_dir: Path, report: dict) -> str:
         h = report["holdout"]
         holdout = (
             f"<h2>Holdout</h2><p>{h['rows']:,} rows kept out of every fold. Fold ensemble accuracy "
-            f"<b>{h['ensemble_accuracy']:.4f}</b>; single folds: "
+            f"<b>{h['ensemble_accuracy']:.4f}</b> ({h['ensemble_errors']} errors); single folds: "
             f"{', '.join(f'{a:.4f}' for a in h['fold_accuracy'])}."
             + (
                 f" With TTA ({len(h['tta_fold_accuracy'])} models, one-pixel shifts averaged): ensemble "
@@ -539,6 +615,14 @@ def render_html(run_dir: Path, report: dict) -> str:
                 else ""
             )
             + "</p>"
+            + (
+                "<p>The digits the fold ensemble gets wrong (true→predicted, confidence, train.csv row, how many "
+                "fold models get it wrong alone). Digits that every model gets wrong with confidence are often "
+                "mislabelled or ambiguous: no recipe will fix those.</p>"
+                + _image_tag(run_dir / "holdout_errors.png", "the holdout digits the fold ensemble gets wrong")
+                if (run_dir / "holdout_errors.png").is_file()
+                else ""
+            )
         )
     settings = ", ".join(f"{k}={v}" for k, v in config.items())
     return f"""<!DOCTYPE html>
