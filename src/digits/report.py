@@ -157,7 +157,7 @@ def plot_errors(
     entry of `notes`, when given, after it)."""
     predictions = probs.argmax(axis=1)
     wrong = np.flatnonzero(predictions != labels)
-    wrong = wrong[np.argsort(-probs[wrong, predictions[wrong]])][:limit]
+    wrong = wrong[np.argsort(-probs[wrong, predictions[wrong]], kind="stable")][:limit]
     columns = 9
     rows = max(int(np.ceil(len(wrong) / columns)), 1)
     figure, axes = plt.subplots(rows, columns, figsize=(columns * 1.1, rows * 1.35 + 0.4), squeeze=False)
@@ -309,8 +309,9 @@ def run_report(run_dir: Path, train: data.TrainData, fold_ids: np.ndarray) -> di
     with_last_epoch(run_dir, report)
     holdout = fold_ids == folds.HOLDOUT_FOLD
     if holdout.any():
-        report["holdout"] = holdout_summary(run_dir, fold_count, train.labels[holdout], np.flatnonzero(holdout))
-        plot_holdout_errors(run_dir, fold_count, train.images[holdout], train.labels[holdout], np.flatnonzero(holdout))
+        rows = np.flatnonzero(holdout)
+        report["holdout"] = holdout_summary(run_dir, fold_count, train.labels[rows], rows)
+        plot_holdout_errors(run_dir, fold_count, train.images[rows], train.labels[rows], rows)
     plot_confusion(
         np.array(oof["confusion_matrix"]),
         run_dir / "oof_confusion.png",
