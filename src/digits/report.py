@@ -621,7 +621,7 @@ def render_html(run_dir: Path, report: dict) -> str:
                 "fold models get it wrong alone). Digits that every model gets wrong with confidence are often "
                 "mislabelled or ambiguous: no recipe will fix those.</p>"
                 + _image_tag(run_dir / "holdout_errors.png", "the holdout digits the fold ensemble gets wrong")
-                if (run_dir / "holdout_errors.png").is_file()
+                if h.get("ensemble_errors") and (run_dir / "holdout_errors.png").is_file()
                 else ""
             )
         )
