@@ -98,7 +98,7 @@ def test_verdict_names_the_better_run_only_when_the_split_is_unlikely():
 def test_setting_changes_lists_what_defines_the_runs():
     a = config_lib.resolve("default", {"holdout": "0.1"})
     b = config_lib.resolve("max", {"holdout": "0.1", "dropout_scale": "0.5", "only": "0,1"})
-    assert setting_changes(a, b) == ["preset default -> max", "epochs 24 -> 40", "dropout_scale 0.0 -> 0.5"]
+    assert setting_changes(a, b) == ["preset default -> max", "folds 5 -> 10", "dropout_scale 0.0 -> 0.5"]
     assert setting_changes(a, a) == []
 
 

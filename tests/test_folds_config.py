@@ -66,8 +66,12 @@ def test_presets_resolve_and_overrides_are_typed():
     )
     assert config.fold_ids() == [0, 2]
     assert config_lib.resolve("default").folds == 5
-    # quick and default train without dropout (the holdouts' choice); max keeps the rates it was measured with
-    assert [config_lib.resolve(preset).dropout_scale for preset in ("quick", "default", "max")] == [0.0, 0.0, 1.0]
+    # every preset trains without dropout (the holdouts' choice); max is the default's recipe on 10 folds
+    assert [config_lib.resolve(preset).dropout_scale for preset in ("quick", "default", "max")] == [0.0, 0.0, 0.0]
+    assert [(config_lib.resolve(p).folds, config_lib.resolve(p).epochs) for p in ("default", "max")] == [
+        (5, 24),
+        (10, 24),
+    ]
     assert config_lib.resolve("default", {"dropout_scale": "1"}).dropout_scale == 1.0  # DROPOUT=1 brings it back
     # ONLY does not change what a run is: folds of one run may be trained by different processes
     assert config.identity() == config_lib.resolve("quick", {"epochs": 7, "holdout": 0.1, "augment": False}).identity()
