@@ -231,6 +231,28 @@ def test_report_command_prints_the_fold_table(finished_run):
     assert str(run_dir / "report.html") in result.stdout
 
 
+def test_a_holdout_without_mistakes_lists_none_and_shows_no_error_picture(finished_run, sample_train, tmp_path):
+    """The report of a fold ensemble that gets every holdout digit right: 0 errors, no list, no picture section."""
+    from digits import report
+
+    run_dir, _ = finished_run
+    copy = tmp_path / run_dir.name
+    shutil.copytree(run_dir, copy)
+    fold_ids = pd.read_csv(copy / "folds.csv")["fold"].to_numpy()
+    labels = sample_train.labels[fold_ids == -1]
+    for k in (0, 1):
+        np.save(copy / f"fold_{k}" / "holdout_probs.npy", np.eye(10, dtype=np.float32)[labels])
+
+    saved = report.run_report(copy, sample_train, fold_ids)
+
+    assert saved["holdout"]["ensemble_errors"] == 0 and saved["holdout"]["ensemble_mistakes"] == []
+    assert saved["holdout"]["ensemble_accuracy"] == 1.0
+    page = (copy / "report.html").read_text()
+    assert "(0 errors)" in page and "the holdout digits the fold ensemble gets wrong" not in page
+    table = report.format_fold_table(report.read_run_report(copy))
+    assert "fold ensemble accuracy 1.0000 (0 errors)" in table and "mistakes" not in table
+
+
 def test_report_of_a_run_trained_before_the_last_epoch_column_reads_it_from_history(finished_run, tmp_path):
     run_dir, _ = finished_run
     copy = tmp_path / run_dir.name
