@@ -156,8 +156,7 @@ def plot_errors(
     """The most confident mistakes first: true label, prediction, confidence and train.csv row (and the row's
     entry of `notes`, when given, after it)."""
     predictions = probs.argmax(axis=1)
-    wrong = np.flatnonzero(predictions != labels)
-    wrong = wrong[np.argsort(-probs[wrong, predictions[wrong]], kind="stable")][:limit]
+    wrong = most_confident_mistakes(probs, labels)[:limit]
     columns = 9
     rows = max(int(np.ceil(len(wrong) / columns)), 1)
     figure, axes = plt.subplots(rows, columns, figsize=(columns * 1.1, rows * 1.35 + 0.4), squeeze=False)
@@ -178,6 +177,14 @@ def plot_errors(
         fontsize=9,
     )
     save_figure(figure, path)
+
+
+def most_confident_mistakes(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Positions of the rows whose argmax is not the label, the most confident prediction first (ties in row
+    order), so a picture and a list of the same mistakes agree."""
+    predictions = probs.argmax(axis=1)
+    wrong = np.flatnonzero(predictions != labels)
+    return wrong[np.argsort(-probs[wrong, predictions[wrong]], kind="stable")]
 
 
 def plot_samples(images: np.ndarray, labels: np.ndarray, path: Path, per_class: int = 8, seed: int = 0) -> None:
@@ -397,8 +404,6 @@ def holdout_mistakes(fold_probs: list[np.ndarray], labels: np.ndarray, row_ids: 
     probs = np.mean(fold_probs, axis=0)
     predictions = probs.argmax(axis=1)
     folds_wrong = _folds_wrong(fold_probs, labels)
-    wrong = np.flatnonzero(predictions != labels)
-    wrong = wrong[np.argsort(-probs[wrong, predictions[wrong]], kind="stable")]
     return [
         {
             "row_id": int(row_ids[i]),
@@ -407,7 +412,7 @@ def holdout_mistakes(fold_probs: list[np.ndarray], labels: np.ndarray, row_ids: 
             "confidence": round(float(probs[i, predictions[i]]), 4),
             "folds_wrong": int(folds_wrong[i]),
         }
-        for i in wrong
+        for i in most_confident_mistakes(probs, labels)
     ]
 
 
