@@ -389,7 +389,14 @@ def test_compare_notes_pairs_that_change_different_settings(sample_dir, tmp_path
         ("a1+a2,b1", "RUNS=a1+a2,b1: every recipe after the first needs as many runs as the first (2)"),
         ("a1+a1,b1+b2", "RUNS=a1+a1,b1+b2 names a1 more than once: pooled pairs must be runs trained apart"),
         ("a1+a2,a1+b2", "RUNS=a1+a2,a1+b2 names a1 more than once"),
-        ("a1+a2,b2+b1", "RUNS=a1+a2,b2+b1 pairs b2 (SEED 7, HOLDOUT 0.25) with a1 (SEED 42, HOLDOUT 0.25): the "),
+        (
+            "a1+a2,b2+b1",
+            "RUNS=a1+a2,b2+b1 pairs b2 (SEED 7, HOLDOUT 0.25, holdout seed 7) with a1 (SEED 42, HOLDOUT 0.25, holdout ",
+        ),
+        (
+            "a1+a2,b1+d2",
+            "pairs d2 (SEED 7, HOLDOUT 0.25, holdout seed 42) with a2 (SEED 7, HOLDOUT 0.25, holdout seed 7)",
+        ),
         ("a1+a2,b1+c2", "a1 and c2 disagree on the label of train row 3: they were trained on different train.csv"),
     ],
 )
@@ -397,6 +404,7 @@ def test_compare_refuses_pairs_that_cannot_be_pooled(sample_dir, sample_labels, 
     runs_dir = tmp_path / "runs"
     for name, seed in (("a1", "42"), ("b1", "42"), ("a2", "7"), ("b2", "7")):
         hand_built_run(runs_dir, name, sample_dir, {}, seed=seed)
+    hand_built_run(runs_dir, "d2", sample_dir, {}, seed="7", holdout_seed="42")  # seed 7's folds, seed 42's holdout
     other = tmp_path / "other"  # c2: trained on a train.csv whose row 3 has another label
     other.mkdir()
     table = pd.read_csv(sample_dir / "train.csv")
@@ -482,7 +490,10 @@ def test_compare_uses_only_the_oof_rows_both_runs_have_and_skips_another_holdout
     shared = len(rows["a"] & rows["c"])
     assert 0 < shared < len(rows["a"])  # the two holdouts overlap by chance only
     assert f"  OOF, rows both runs have, one model per row ({shared:,} rows): " in text
-    assert "holdout not compared: the runs hold out different rows (HOLDOUT 0.2 and 0.2, SEED 42 and 5)" in text
+    assert (
+        "holdout not compared: the runs hold out different rows (HOLDOUT 0.2 and 0.2, holdout seed 42 and 5); train "
+        "both with the same HOLDOUT and HOLDOUT_SEED (by default SEED)" in text
+    )
     assert "holdout, fold ensemble" not in text
 
 

@@ -39,6 +39,33 @@ def test_holdout_is_stratified_and_outside_every_fold(labels):
     assert set(fold_ids[~holdout].tolist()) == set(range(5))
 
 
+def test_holdout_seed_picks_the_holdout_rows_and_seed_the_folds(labels):
+    base = folds.assign_folds(labels, 5, seed=42, holdout=0.1)
+    other = folds.assign_folds(labels, 5, seed=7, holdout=0.1, holdout_seed=42)
+    held_out = base == folds.HOLDOUT_FOLD
+    assert np.array_equal(other == folds.HOLDOUT_FOLD, held_out)  # the same rows held out
+    assert np.array_equal(folds.assign_folds(labels, 5, seed=42, holdout=0.1, holdout_seed=42), base)
+    # the other rows are split by SEED: as seed 7 splits them, not as seed 42 does
+    assert not np.array_equal(other[~held_out], base[~held_out])
+    alone = folds.assign_folds(labels, 5, seed=7, holdout=0.1)
+    assert not np.array_equal(alone == folds.HOLDOUT_FOLD, held_out)  # without HOLDOUT_SEED, seed 7's own holdout
+    assert set(other[~held_out].tolist()) == set(range(5))
+    for digit in range(10):
+        per_fold = np.bincount(other[~held_out & (labels == digit)], minlength=5)
+        assert per_fold.max() - per_fold.min() <= 1, (digit, per_fold)
+
+
+def test_holdout_seed_is_part_of_the_run_and_defaults_to_seed():
+    config = config_lib.resolve("default", {"seed": "7", "holdout": "0.1", "holdout_seed": "42"})
+    assert (config.seed, config.holdout_seed, config.holdout_rows_seed()) == (7, 42, 42)
+    assert config_lib.resolve("default", {"seed": "7", "holdout": "0.1"}).holdout_rows_seed() == 7
+    assert config.identity() != config_lib.resolve("default", {"seed": "7", "holdout": "0.1"}).identity()
+    # a config.json written before HOLDOUT_SEED existed: its holdout was SEED's
+    old = {key: value for key, value in config_lib.resolve("default", {"seed": "3"}).to_dict().items()}
+    del old["holdout_seed"]
+    assert (config_lib.from_dict(old).holdout_seed, config_lib.from_dict(old).holdout_rows_seed()) == (None, 3)
+
+
 def test_folds_larger_than_smallest_class_is_refused():
     labels = np.array([0] * 10 + [1] * 3)
     with pytest.raises(ConfigError, match=r"FOLDS=4 is larger than the smallest class \(3 rows\)"):
@@ -121,6 +148,9 @@ def test_config_round_trips_through_json():
         ("default", {"only": "0,5"}, r"ONLY=0,5: fold\(s\) \[5\] do not exist; with FOLDS=5 the folds are 0..4"),
         ("default", {"only": "x"}, "only='x' is not integers separated by commas"),
         ("default", {"holdout": "-0.1"}, r"HOLDOUT=-0.1: the holdout is a fraction of train.csv in \[0, 0.5\)"),
+        ("default", {"holdout_seed": "42"}, "HOLDOUT_SEED=42 chooses the holdout rows, but HOLDOUT is 0"),
+        ("default", {"holdout": "0.1", "holdout_seed": "-1"}, "HOLDOUT_SEED=-1 must be a whole number from 0 to"),
+        ("default", {"holdout": "0.1", "holdout_seed": "x"}, "holdout_seed='x' is not an integer"),
         ("default", {"batch": "0"}, "BATCH=0"),
         ("default", {"augment": "maybe"}, "augment='maybe' is not true or false"),
         ("default", {"pseudo": " "}, "PSEUDO is empty: give the name of a finished run"),

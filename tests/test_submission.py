@@ -391,9 +391,9 @@ def runs_dir(sample_dir, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def second_run(runs_dir, sample_dir) -> Path:
-    """Run `b` beside `a`: the same folds and holdout (same seed) trained for 2 epochs, so the two runs predict
-    differently."""
-    train_tiny(sample_dir, runs_dir, "b", "--holdout", "0.2", "--epochs", "2")
+    """Run `b` beside `a`: another SEED (other folds, initial weights and augmentation) with `a`'s holdout rows
+    (HOLDOUT_SEED=42, a's SEED), trained for 2 epochs, so the two runs predict differently."""
+    train_tiny(sample_dir, runs_dir, "b", "--holdout", "0.2", "--epochs", "2", "--seed", "7", "--holdout-seed", "42")
     return runs_dir / "b"
 
 
@@ -586,6 +586,31 @@ def test_ensemble_with_a_damaged_holdout_file_says_so_and_still_writes_the_blend
     assert "ensemble holdout accuracy" not in result.stdout
     (path,) = submissions.glob("ensemble-a+b-cv*.csv")
     validate_submission_text(path.read_text(), SAMPLE_TEST_ROWS)
+
+
+@pytest.mark.slow
+def test_runs_sharing_a_holdout_seed_hold_out_the_same_rows_in_other_folds(runs_dir, second_run):
+    a, b = (pd.read_csv(runs_dir / run / "folds.csv") for run in ("a", "b"))
+    held_out = a["fold"] == -1
+    assert held_out.sum() == 600
+    assert held_out.equals(b["fold"] == -1)  # b (SEED=7 HOLDOUT_SEED=42) holds out a's (SEED=42) rows
+    assert not a.loc[~held_out, "fold"].equals(b.loc[~held_out, "fold"])  # in folds split by its own seed
+    saved = json.loads((runs_dir / "b" / "config.json").read_text())["config"]
+    assert (saved["seed"], saved["holdout_seed"]) == (7, 42)
+
+
+@pytest.mark.slow
+def test_ensemble_of_runs_with_different_holdouts_is_refused_and_says_how_to_share_one(runs_dir, sample_dir, tmp_path):
+    train_tiny(sample_dir, runs_dir, "seed7", "--holdout", "0.2", "--seed", "7")  # seed 7's own holdout
+    submissions = tmp_path / "subs"
+
+    stderr = assert_user_error(
+        digits_cli("ensemble", "--runs", "a,seed7", *run_args(runs_dir, sample_dir, submissions))
+    )
+
+    assert "hold OOF predictions for different train rows" in stderr
+    assert "a has HOLDOUT=0.2 HOLDOUT_SEED=42, so train the others with those (and any SEED)" in stderr
+    assert not submissions.exists()
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ what it broke.
 
 One holdout is small (a recipe that is truly better by 2 errors in 4,200 rarely shows it), so a recipe can be
 trained on several seeds and the pairs pooled: `RUNS=a1+a2,b1+b2` compares b1 with a1 and b2 with a2 (each pair
-sharing SEED and HOLDOUT, so the same folds and held-out rows), then adds up the rows only one run of each pair
+sharing SEED, HOLDOUT and HOLDOUT_SEED, so the same folds and held-out rows), then adds up the rows only one run of each pair
 gets wrong. Two seeds' OOF rows are nearly the same rows, and their holdouts share about a tenth: a row that one
 recipe gets right and the other wrong in both pairs is one row's evidence, not two (some digits suit one recipe),
 so the pooled p-value counts every row once, for the recipe that gets it right in more pairs (none on a tie).
@@ -258,7 +258,8 @@ def compare_pair(a: Run, b: Run) -> dict:
     elif len(a.holdout_rows) or len(b.holdout_rows):
         notes.append(
             f"holdout not compared: the runs hold out different rows (HOLDOUT {a.config.holdout} and "
-            f"{b.config.holdout}, SEED {a.config.seed} and {b.config.seed}); train both with the same HOLDOUT and SEED"
+            f"{b.config.holdout}, holdout seed {a.config.holdout_rows_seed()} and {b.config.holdout_rows_seed()}); "
+            f"train both with the same HOLDOUT and HOLDOUT_SEED (by default SEED)"
         )
     return {
         "baseline": a.name,
@@ -562,11 +563,12 @@ def compare_runs(
     if pooling:
         for a, b in (pair for group in pairs for pair in group):
             ca, cb = loaded[a].config, loaded[b].config
-            if (ca.seed, ca.holdout) != (cb.seed, cb.holdout):
+            if (ca.seed, ca.holdout, ca.holdout_rows_seed()) != (cb.seed, cb.holdout, cb.holdout_rows_seed()):
                 raise CompareError(
-                    f"RUNS={spelled} pairs {b.name} (SEED {cb.seed}, HOLDOUT {cb.holdout}) with {a.name} (SEED "
-                    f"{ca.seed}, HOLDOUT {ca.holdout}): the runs of a pooled pair must share SEED and HOLDOUT (the "
-                    f"same folds and held-out rows). List each recipe's runs in the same order of seeds."
+                    f"RUNS={spelled} pairs {b.name} (SEED {cb.seed}, HOLDOUT {cb.holdout}, holdout seed "
+                    f"{cb.holdout_rows_seed()}) with {a.name} (SEED {ca.seed}, HOLDOUT {ca.holdout}, holdout seed "
+                    f"{ca.holdout_rows_seed()}): the runs of a pooled pair must share SEED, HOLDOUT and HOLDOUT_SEED "
+                    f"(the same folds and held-out rows). List each recipe's runs in the same order of seeds."
                 )
     if out_dir is not None:
         pictures = Counter(picture_name({"baseline": a.name, "run": b.name}) for group in pairs for a, b in group)

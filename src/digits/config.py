@@ -28,6 +28,10 @@ class Config:
     batch: int = 128
     seed: int = 42
     holdout: float = 0.0  # fraction of train.csv kept out of every fold to score the ensemble honestly
+    # which rows the holdout takes: None = SEED's. Runs with other SEEDs (other folds, initial weights and
+    # augmentation) but one holdout seed hold out the same rows, so `make ensemble` can blend them and score the
+    # blend on rows none of them trained on
+    holdout_seed: int | None = None
     # optimisation: Adam, linear warm-up then cosine decay to zero, so the last epoch is annealed
     # whatever the budget (a fixed 0.95^epoch decay is still hot at 20 epochs)
     learning_rate: float = 2e-3
@@ -67,6 +71,10 @@ class Config:
         data = dataclasses.asdict(self)
         data["only"] = list(self.only) if self.only is not None else None
         return data
+
+    def holdout_rows_seed(self) -> int:
+        """The seed that picks the holdout rows (HOLDOUT_SEED, or SEED when it is not given)."""
+        return self.seed if self.holdout_seed is None else self.holdout_seed
 
     def fold_ids(self) -> list[int]:
         return list(self.only) if self.only is not None else list(range(self.folds))
@@ -204,6 +212,14 @@ def validate(config: Config) -> None:
         fail(f"BATCH={config.batch}: the batch size must be at least 1 (128 is the default)")
     if not 0.0 <= config.holdout < 0.5:
         fail(f"HOLDOUT={config.holdout}: the holdout is a fraction of train.csv in [0, 0.5), e.g. 0.1")
+    if config.holdout_seed is not None:
+        if config.holdout == 0:
+            fail(
+                f"HOLDOUT_SEED={config.holdout_seed} chooses the holdout rows, but HOLDOUT is 0 (no holdout): give "
+                f"HOLDOUT=0.1 too, or drop HOLDOUT_SEED"
+            )
+        if not 0 <= config.holdout_seed < 2**32:
+            fail(f"HOLDOUT_SEED={config.holdout_seed} must be a whole number from 0 to 4294967295, e.g. 42")
     if config.learning_rate <= 0:
         fail(f"learning_rate={config.learning_rate} must be positive")
     if config.warmup_epochs < 0 or config.warmup_epochs > config.epochs:

@@ -1,6 +1,6 @@
 """Folds are data: a seeded stratified k-fold assignment, written once and read by every fold.
 
-In:  the labels of train.csv, k, a seed and an optional holdout fraction.
+In:  the labels of train.csv, k, a seed and an optional holdout fraction (with its own seed, by default the same).
 Out: `folds.csv` with `row_id,label,fold`; `row_id` is the 0-based data row of train.csv and fold
      -1 marks the holdout rows, which no fold trains or validates on (they score the ensemble).
 """
@@ -18,15 +18,22 @@ from digits.config import ConfigError
 HOLDOUT_FOLD = -1
 
 
-def assign_folds(labels: np.ndarray, k: int, seed: int, holdout: float = 0.0) -> np.ndarray:
-    """Return a fold id per row: 0..k-1, or HOLDOUT_FOLD for the stratified holdout."""
+def assign_folds(
+    labels: np.ndarray, k: int, seed: int, holdout: float = 0.0, holdout_seed: int | None = None
+) -> np.ndarray:
+    """Return a fold id per row: 0..k-1, or HOLDOUT_FOLD for the stratified holdout.
+
+    `holdout_seed` (default `seed`) picks the holdout rows and `seed` splits the rest into folds, so runs
+    with one holdout seed and different seeds hold out the same rows in differently split folds."""
     from sklearn.model_selection import StratifiedKFold, train_test_split  # slow import: only when needed
 
     labels = np.asarray(labels)
     folds = np.full(len(labels), HOLDOUT_FOLD, dtype=np.int64)
     rows = np.arange(len(labels))
     if holdout > 0:
-        rows, _ = train_test_split(rows, test_size=holdout, stratify=labels, random_state=seed)
+        rows, _ = train_test_split(
+            rows, test_size=holdout, stratify=labels, random_state=seed if holdout_seed is None else holdout_seed
+        )
         rows = np.sort(rows)
     present = np.unique(labels[rows])
     smallest = min(int((labels[rows] == c).sum()) for c in present) if len(present) else 0

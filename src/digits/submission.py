@@ -336,8 +336,10 @@ def make_ensemble(
         if not np.array_equal(run.oof_row_ids, reference.oof_row_ids):
             raise SubmissionError(
                 f"{run.run_dir} and {reference.run_dir} hold OOF predictions for different train "
-                f"rows (a different HOLDOUT, SEED or data); their OOF scores are not comparable. Blend runs "
-                f"trained with the same HOLDOUT and SEED on the same train.csv."
+                f"rows (a different HOLDOUT, holdout seed or data); their OOF scores are not comparable. Blend "
+                f"runs trained on the same train.csv with the same HOLDOUT and HOLDOUT_SEED (by default SEED): "
+                f"{reference.run_dir.name} has {_holdout_settings(reference.run_dir)}, so train the others with "
+                f"those (and any SEED)."
             )
     oof_list = [run.oof_probs for run in runs]
     if weighting == "oof":
@@ -389,6 +391,14 @@ def load_holdout_probs(path: Path, run_dir: Path, rows: int) -> np.ndarray:
             f"from another run. Copy back the run's own fold folder, or retrain it."
         )
     return probs
+
+
+def _holdout_settings(run_dir: Path) -> str:
+    """`HOLDOUT=0.1 HOLDOUT_SEED=42`: what another run needs to hold out the same rows as `run_dir`."""
+    from digits import config as config_lib
+
+    config = config_lib.from_dict(json.loads((run_dir / "config.json").read_text())["config"])
+    return f"HOLDOUT={config.holdout} HOLDOUT_SEED={config.holdout_rows_seed()}"
 
 
 def ensemble_holdout(runs: Sequence[RunPredictions], weights: Sequence[float]) -> dict | None:

@@ -612,7 +612,7 @@ def pseudo_teacher(
         raise RunError(
             f"PSEUDO={config.pseudo}: {teacher} does not share this run's folds ({teacher_folds}), so its "
             f"predictions would carry the labels of this run's validation rows into training. Train the "
-            f"student with the teacher's FOLDS, SEED and HOLDOUT."
+            f"student with the teacher's FOLDS, SEED, HOLDOUT and HOLDOUT_SEED."
         )
     for fold in config.fold_ids():
         path = teacher / f"fold_{fold}" / "test_probs.npy"
@@ -814,7 +814,9 @@ def train_run(
     if folds_path.exists():
         fold_ids = folds.read_folds(folds_path, train.labels)
     else:
-        fold_ids = folds.assign_folds(train.labels, config.folds, config.seed, config.holdout)
+        fold_ids = folds.assign_folds(
+            train.labels, config.folds, config.seed, config.holdout, config.holdout_rows_seed()
+        )
     teacher = pseudo_teacher(config, run_dir, train.labels, fold_ids, len(test_images)) if needs_training else None
     with run_lock(run_dir):
         prepare_run(run_dir, config, data_dir)
@@ -900,7 +902,8 @@ def resolve_run_dir(run: str | None, runs_dir: Path = paths.RUNS_DIR) -> Path:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    keys = ("folds", "epochs", "batch", "model", "seed", "only", "holdout", "pseudo", "pseudo_confidence", "elastic")
+    keys = ("folds", "epochs", "batch", "model", "seed", "only", "holdout", "holdout_seed")
+    keys += ("pseudo", "pseudo_confidence", "elastic")
     overrides = {key: getattr(args, key) for key in keys}
     overrides["dropout_scale"] = args.dropout
     overrides["deterministic"] = True if args.deterministic else None
@@ -953,6 +956,7 @@ def register_commands(commands) -> None:
     train.add_argument("--seed")
     train.add_argument("--only", help="train only these folds, e.g. 0,2")
     train.add_argument("--holdout", help="fraction of train.csv kept out of every fold, e.g. 0.1")
+    train.add_argument("--holdout-seed", help="the seed that picks the holdout rows (default: --seed)")
     train.add_argument("--pseudo", help="a finished run (same folds) whose confident test predictions join training")
     train.add_argument("--pseudo-confidence", help="teacher probability needed for a pseudo-label (default 0.99)")
     train.add_argument("--elastic", help="elastic distortion strength (alpha; 0 = off, 34 = Simard's; sigma via --set)")
