@@ -19,7 +19,7 @@ train_args = $(call opt,PRESET,preset) $(call opt,FOLDS,folds) $(call opt,EPOCHS
 	$(call opt,ELASTIC,elastic) $(call opt,DROPOUT,dropout) \
 	$(if $(filter 1 yes true,$(DETERMINISTIC)),--deterministic)
 
-.PHONY: help .venv download sample test test-fast lint format train report submission ensemble compare submit submissions \
+.PHONY: help .venv download sample test test-long test-fast lint format train report submission ensemble compare submit submissions \
 	bench predict demo clean
 
 help: ## List the targets (this text)
@@ -77,14 +77,17 @@ predict: .venv ## Top-3 digits for your own pictures, with a <name>.prepared.png
 	@test -n "$(IMAGE)" || { echo "make predict needs IMAGE=path/to/digit.png (several: IMAGE=\"a.png b.jpg\" or a,b; or a folder)"; exit 2; }
 	$(DIGITS) predict $(call opt,RUN,run) '$(IMAGE)'
 
-demo: .venv ## The whole pipeline offline on the bundled sample in a few minutes: data, training, submission, report
-	$(DIGITS) demo
+demo: .venv ## The whole pipeline offline on the bundled sample in a few minutes: data, training, submission, report (EPOCHS, default 12)
+	$(DIGITS) demo $(call opt,EPOCHS,epochs)
 
 # One worker per core; a test file stays on one worker, so its module fixtures (trained runs) are built once.
 PYTEST_PARALLEL = -n auto --dist loadfile
 
-test: .venv ## Run the whole test suite (installs everything first; about 10 minutes on 2 idle cores)
-	$(BIN)/python -m pytest $(PYTEST_PARALLEL)
+test: .venv ## Run the test suite (installs everything first; about 10 minutes on 2 idle cores)
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL) -m "not long"
+
+test-long: .venv ## Run the opt-in long tests: the demo as users run it (about 6 minutes)
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL) -m long
 
 test-fast: .venv ## Run the tests that train nothing (1-2 minutes)
 	$(BIN)/python -m pytest $(PYTEST_PARALLEL) -m "not slow"

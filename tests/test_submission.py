@@ -1,9 +1,9 @@
 """Submissions: blending, validation, atomic writes, the CLI end to end, and `submit` through the real client.
 
 The pure functions and the validator run in milliseconds. The end-to-end tests train tiny runs on the bundled
-sample through the command line (once per module, 2 folds, 1 epoch) and are marked slow, like `make demo`'s
-smoke test. `submit` and `submissions` run the official `kaggle` client in a subprocess against the stand-in
-Kaggle API (tests/kaggle_standin.py) through the proxy variables that `kaggle_env` sets: never the real Kaggle.
+sample through the command line (once per module, 2 folds, 1 epoch) and are marked slow (`make demo` has its
+own file, test_demo.py). `submit` and `submissions` run the official `kaggle` client in a subprocess against the
+stand-in Kaggle API (tests/kaggle_standin.py) through the proxy variables that `kaggle_env` sets: never the real Kaggle.
 """
 
 from __future__ import annotations
@@ -801,34 +801,3 @@ def test_submissions_without_credentials(kaggle_server, kaggle_env):
 
     assert "KAGGLE_API_TOKEN" in stderr and "kaggle.json" in stderr
     assert kaggle_server.requests == []
-
-
-# --- make demo ------------------------------------------------------------------------------------
-
-
-@pytest.mark.slow
-def test_demo_runs_the_whole_pipeline_offline(tmp_path):
-    """`make demo` without make (so every path stays in tmp_path): sample -> 12-epoch CNN -> submission."""
-    result = digits_cli(
-        "demo",
-        "--data-dir",
-        tmp_path / "data",
-        "--runs-dir",
-        tmp_path / "runs",
-        "--submissions-dir",
-        tmp_path / "subs",
-        timeout=900,
-    )
-
-    assert_ok(result)
-    report_paths = re.findall(r"^report:\s+(\S+)", result.stdout, re.M)
-    submission_paths = re.findall(r"^submission:\s+(\S+)", result.stdout, re.M)
-    assert report_paths and submission_paths, result.stdout
-    report_html, path = Path(report_paths[-1]), Path(submission_paths[-1])
-    assert report_html.is_file() and report_html.parent.parent == tmp_path / "runs"
-    assert path.is_file() and path.parent == tmp_path / "subs"
-    validate_submission_text(path.read_text(), SAMPLE_TEST_ROWS)
-    accuracy = oof_accuracy(report_html.parent)
-    assert accuracy >= 0.9, f"demo OOF accuracy {accuracy:.4f}"
-    assert path.name == f"{report_html.parent.name}-cv{accuracy:.5f}.csv"
-    assert "== 4/4 done" in result.stdout

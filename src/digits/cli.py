@@ -34,12 +34,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from digits import config, download, submission, train
 
     started = time.perf_counter()
+    settings = config.resolve("quick", {"epochs": args.epochs, "model": args.model})  # a bad value stops here
     data_dir = Path(args.data_dir)
     print(f"== 1/4 data: the bundled sample {paths.SAMPLE_ZIP} -> {data_dir}")
     download.download(source=paths.SAMPLE_ZIP, dest=data_dir)
     run_dir = Path(args.runs_dir) / f"demo-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    print(f"== 2/4 training: preset quick, 12 epochs (the sample is small) -> {run_dir}")
-    train.train_run(config.resolve("quick", {"epochs": 12}), run_dir, data_dir)
+    print(
+        f"== 2/4 training: preset quick, {settings.model}, {settings.epochs} epochs (the sample is small) -> {run_dir}"
+    )
+    train.train_run(settings, run_dir, data_dir)
     print("== 3/4 submission")
     path = submission.make_submission(run_dir, data_dir=data_dir, submissions_dir=Path(args.submissions_dir))
     print(f"== 4/4 done in {time.perf_counter() - started:.0f} s")
@@ -64,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--data-dir", default=str(paths.DATA_DIR / "demo"))
     demo.add_argument("--runs-dir", default=str(paths.RUNS_DIR))
     demo.add_argument("--submissions-dir", default=str(paths.SUBMISSIONS_DIR))
+    demo.add_argument("--epochs", default="12", help="epochs per fold (12; fewer for a faster look on a slow CPU)")
+    demo.add_argument("--model", default="cnn", help="the model to train (cnn; `tiny` trains in seconds, for tests)")
     demo.set_defaults(handler=_cmd_demo)
 
     # light imports: TensorFlow loads only when a command needs it
