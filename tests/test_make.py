@@ -143,6 +143,28 @@ def test_download_train_report_submission_through_make(tmp_path):
 
 
 @pytest.mark.slow
+def test_bench_names_the_cpu_and_the_instruction_sets_that_decide_its_speed(tmp_path):
+    from digits import bench
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(
+        "processor\t: 0\nmodel name\t: AMD EPYC 9R14\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512fp16\n\n"
+        "processor\t: 1\nmodel name\t: AMD EPYC 9R14\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512fp16\n"
+    )
+    cpu = bench.cpu_info(cpuinfo)
+    assert cpu == {"model": "AMD EPYC 9R14", "flags": ["avx2", "avx512f", "avx512_bf16"]}
+    assert (
+        bench.describe_cpu(cpu, 2) == "CPU: AMD EPYC 9R14, 2 core(s); has avx2, avx512f, avx512_bf16 (lacks amx_bf16)"
+    )
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Old CPU\nflags\t\t: fpu sse2\n")
+    assert bench.describe_cpu(bench.cpu_info(cpuinfo), 1) == (
+        "CPU: Old CPU, 1 core(s); has none (lacks avx2, avx512f, avx512_bf16, amx_bf16)"
+    )
+    elsewhere = bench.cpu_info(tmp_path / "no-such-file")  # not Linux
+    assert elsewhere["flags"] is None
+    assert bench.describe_cpu(elsewhere, 4).endswith(", 4 core(s); instruction sets unknown")
+
+
 def test_bench_runs_and_writes_its_json(tmp_path, sample_dir):
     """A miniature `make bench` (the real one needs the full data): every figure present and positive."""
     from digits import bench
@@ -163,5 +185,9 @@ def test_bench_runs_and_writes_its_json(tmp_path, sample_dir):
     assert prediction["float32_max_abs_difference_from_plain"] < 1e-4  # folding batch norm is exact
     assert 0.8 <= prediction["bfloat16_same_digit_as_float32"] <= 1  # a one-epoch model has many near-ties
     assert 0 <= saved["accuracy"]["ours"]["val_accuracy"] <= 1 and saved["peak_rss_mb"] > 0
+    assert saved["cpu"] == bench.cpu_info() and saved["cores"] >= 1
     table = bench.format_table(results)
+    assert table.splitlines()[0] == bench.describe_cpu(saved["cpu"], saved["cores"])
     assert "speed-up in training images/s:" in table and str(results["path"]) in table
+    before = {key: value for key, value in results.items() if key not in ("cpu", "cores")}  # a bench of session 9
+    assert bench.format_table(before).splitlines()[1:] == table.splitlines()[2:]

@@ -12,7 +12,8 @@ Out: `runs/bench/<date>.json` and a table on the terminal with, for the default 
     ours takes to reach `--target` validation accuracy;
   - prediction images/s and the time a 5-fold ensemble takes to predict all of test.csv: plain
     `model.predict`, ours in float32 (batch norm folded into the convs) and ours in bfloat16;
-  - peak resident memory.
+  - peak resident memory, and the CPU with the instruction sets that decide these speeds (AVX-512 trains this
+    model about 3x faster than AVX2 alone; bfloat16 pays only with native AVX512-BF16 or AMX).
 Speeds on a shared machine vary from run to run: compare the ratio measured within one run.
 """
 
@@ -29,6 +30,35 @@ import numpy as np
 
 from digits import config as config_lib
 from digits import data, fileio, paths
+
+# The CPU features that decide this model's speed. Measured with this project's bench: a 2-core AMD EPYC with
+# AVX-512 and AVX512-BF16 trained 1,500-1,800 images/s, one with AVX2 only about 530 (docs/experiments.md), and
+# without native bfloat16, bfloat16 prediction is slower than float32 instead of 2-3x faster.
+SPEED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+
+
+def cpu_info(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict:
+    """{"model": the CPU's name, "flags": which of SPEED_FLAGS it has}, read from Linux's /proc/cpuinfo
+    (elsewhere the flags are unknown: None)."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return {"model": platform.processor() or "unknown", "flags": None}
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())  # the first processor's
+    present = set(fields.get("flags", "").split())
+    return {"model": fields.get("model name", "unknown"), "flags": [flag for flag in SPEED_FLAGS if flag in present]}
+
+
+def describe_cpu(cpu: dict, cores: int) -> str:
+    """`CPU: AMD EPYC, 2 core(s); has avx2 (lacks avx512f, avx512_bf16, amx_bf16)`."""
+    text = f"CPU: {cpu['model']}, {cores} core(s)"
+    if cpu["flags"] is None:
+        return text + "; instruction sets unknown"
+    lacking = [flag for flag in SPEED_FLAGS if flag not in cpu["flags"]]
+    return f"{text}; has {', '.join(cpu['flags']) or 'none'} (lacks {', '.join(lacking) or 'none'})"
 
 
 def _peak_rss_mb() -> float:
@@ -127,7 +157,7 @@ def run_benchmark(
     import keras
     import tensorflow as tf
 
-    from digits.train import configure_tensorflow, make_eval_dataset, make_train_dataset
+    from digits.train import available_cores, configure_tensorflow, make_eval_dataset, make_train_dataset
 
     cfg = config_lib.resolve("default")
     configure_tensorflow(cfg)
@@ -143,6 +173,8 @@ def run_benchmark(
         "date": dt.datetime.now().isoformat(timespec="seconds"),
         "host": platform.node(),
         "machine": platform.machine(),
+        "cpu": cpu_info(),
+        "cores": available_cores(),
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
         "train_images": int(len(x_train)),
@@ -245,7 +277,10 @@ def format_table(results: dict) -> str:
         ),
     ]
     width = max(len(r[0]) for r in rows)
-    lines = [f"{'':<{width}}  {'ours':>8}  {'plain':>8}"]
+    lines = []
+    if "cpu" in results:  # benches written before session 10 did not record it
+        lines.append(describe_cpu(results["cpu"], results["cores"]))
+    lines.append(f"{'':<{width}}  {'ours':>8}  {'plain':>8}")
     lines += [f"{label:<{width}}  {ours:>8}  {plain:>8}" for label, ours, plain in rows]
     lines.append(f"speed-up in training images/s: {t['ratio']:.2f}x")
     lines.append(
