@@ -29,7 +29,7 @@ help: ## List the targets (this text)
 	@echo
 	@echo "Variables: COMPETITION SOURCE FORCE (download); PRESET FOLDS EPOCHS BATCH MODEL SEED RUN ONLY"
 	@echo "           HOLDOUT HOLDOUT_SEED PSEUDO PSEUDO_CONFIDENCE ELASTIC DROPOUT DETERMINISTIC (train); RUN (report, submission, submit); TTA (submission);"
-	@echo "           RUNS WEIGHTS (ensemble); RUNS OUT (compare); FILE MESSAGE (submit); IMAGE RUN (predict). See README.md."
+	@echo "           RUNS WEIGHTS (ensemble); RUNS OUT (compare); FILE MESSAGE (submit); IMAGE RUN (predict); EPOCHS (demo). See README.md."
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	@echo ">> building $(VENV) from requirements.txt (first time: a few minutes, ~2.5 GB)"
@@ -86,7 +86,7 @@ PYTEST_PARALLEL = -n auto --dist loadfile
 test: .venv ## Run the test suite (installs everything first; 9-12 minutes on 2 idle cores)
 	$(BIN)/python -m pytest $(PYTEST_PARALLEL) -m "not long"
 
-test-long: .venv ## Run the opt-in long tests: the demo as users run it (about 6 minutes)
+test-long: .venv ## Run the opt-in long tests: the demo as users run it (about 7 minutes)
 	$(BIN)/python -m pytest $(PYTEST_PARALLEL) -m long
 
 test-fast: .venv ## Run the tests that train nothing (1-2 minutes)

@@ -134,6 +134,16 @@ def hand_built_run(runs_dir: Path, name: str, data_dir: Path, wrong: dict[int, i
     return run
 
 
+def test_setting_changes_name_the_holdout_seed_only_where_it_picks_other_rows():
+    plain = config_lib.resolve("default", {"holdout": "0.1"})  # seed 42, its own holdout
+    bagged = config_lib.resolve("default", {"holdout": "0.1", "seed": "7", "holdout_seed": "42"})
+    assert setting_changes(plain, bagged) == ["seed 42 -> 7"]  # the same holdout rows
+    own = config_lib.resolve("default", {"holdout": "0.1", "seed": "7"})
+    assert setting_changes(own, bagged) == ["holdout_seed 7 -> 42"]
+    explicit = config_lib.resolve("default", {"holdout": "0.1", "holdout_seed": "42"})
+    assert setting_changes(plain, explicit) == []
+
+
 def other_digit(label: int) -> int:
     return (label + 1) % 10
 
@@ -204,7 +214,7 @@ def test_compare_out_writes_every_figure_and_draws_the_disputed_digits(sample_di
             "run_predicts": other_digit(sample_labels[155]),
         }
     ]
-    assert saved[1]["changes"] == ["seed 42 -> 7"]  # same rows held out (hand-built), so the holdout is compared
+    assert saved[1]["changes"] == ["seed 42 -> 7", "holdout_seed 42 -> 7"]  # hand-built: the same rows held out
     [b_result, _] = compare_runs([a, b, c], log=lambda line: None)
     sections = picture_sections(b_result)
     assert [title for title, _ in sections] == [

@@ -1,6 +1,6 @@
 """`make demo`: the whole pipeline offline on the bundled sample, as a user runs it.
 
-The demo trains the real CNN for 12 epochs on 3 folds: about 6 minutes on 2 cores without AVX-512, the longest
+The demo trains the real CNN for 12 epochs on 3 folds: about 7 minutes on 2 cores without AVX-512, the longest
 single test, so that run is opt-in (`make test-long`, marker `long`). `make test` runs the same command with the
 tiny model for one epoch: every step, folder and file of the demo in about a minute.
 """

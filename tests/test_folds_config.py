@@ -60,6 +60,9 @@ def test_holdout_seed_is_part_of_the_run_and_defaults_to_seed():
     assert (config.seed, config.holdout_seed, config.holdout_rows_seed()) == (7, 42, 42)
     assert config_lib.resolve("default", {"seed": "7", "holdout": "0.1"}).holdout_rows_seed() == 7
     assert config.identity() != config_lib.resolve("default", {"seed": "7", "holdout": "0.1"}).identity()
+    # HOLDOUT_SEED equal to SEED is the run without it (resuming with it is no change)
+    same = config_lib.resolve("default", {"seed": "7", "holdout": "0.1", "holdout_seed": "7"})
+    assert same.identity() == config_lib.resolve("default", {"seed": "7", "holdout": "0.1"}).identity()
     # a config.json written before HOLDOUT_SEED existed: its holdout was SEED's
     old = {key: value for key, value in config_lib.resolve("default", {"seed": "3"}).to_dict().items()}
     del old["holdout_seed"]

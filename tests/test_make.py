@@ -142,7 +142,6 @@ def test_download_train_report_submission_through_make(tmp_path):
     assert len(files) == 1 and files[0].read_text().startswith("ImageId,Label\n1,")
 
 
-@pytest.mark.slow
 def test_bench_names_the_cpu_and_the_instruction_sets_that_decide_its_speed(tmp_path):
     from digits import bench
 
@@ -160,11 +159,14 @@ def test_bench_names_the_cpu_and_the_instruction_sets_that_decide_its_speed(tmp_
     assert bench.describe_cpu(bench.cpu_info(cpuinfo), 1) == (
         "CPU: Old CPU, 1 core(s); has none (lacks avx2, avx512f, avx512_bf16, amx_bf16)"
     )
+    cpuinfo.write_text("processor\t: 0\nBogoMIPS\t: 50.00\nFeatures\t: fp asimd\n")  # ARM: no flags line
+    assert bench.cpu_info(cpuinfo)["flags"] is None
     elsewhere = bench.cpu_info(tmp_path / "no-such-file")  # not Linux
     assert elsewhere["flags"] is None
     assert bench.describe_cpu(elsewhere, 4).endswith(", 4 core(s); instruction sets unknown")
 
 
+@pytest.mark.slow
 def test_bench_runs_and_writes_its_json(tmp_path, sample_dir):
     """A miniature `make bench` (the real one needs the full data): every figure present and positive."""
     from digits import bench

@@ -609,7 +609,7 @@ def test_ensemble_of_runs_with_different_holdouts_is_refused_and_says_how_to_sha
     )
 
     assert "hold OOF predictions for different train rows" in stderr
-    assert "a has HOLDOUT=0.2 HOLDOUT_SEED=42, so train the others with those (and any SEED)" in stderr
+    assert "a has HOLDOUT=0.2 HOLDOUT_SEED=42, so train the others with the same (and any SEED)" in stderr
     assert not submissions.exists()
 
 

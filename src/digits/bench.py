@@ -38,7 +38,7 @@ SPEED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
 
 
 def cpu_info(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict:
-    """{"model": the CPU's name, "flags": which of SPEED_FLAGS it has}, read from Linux's /proc/cpuinfo
+    """{"model": the CPU's name, "flags": which of SPEED_FLAGS it has}, read from Linux's /proc/cpuinfo on x86
     (elsewhere the flags are unknown: None)."""
     try:
         text = cpuinfo.read_text()
@@ -48,8 +48,11 @@ def cpu_info(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict:
     for line in text.splitlines():
         key, _, value = line.partition(":")
         fields.setdefault(key.strip(), value.strip())  # the first processor's
-    present = set(fields.get("flags", "").split())
-    return {"model": fields.get("model name", "unknown"), "flags": [flag for flag in SPEED_FLAGS if flag in present]}
+    model = fields.get("model name", platform.processor() or "unknown")
+    if "flags" not in fields:  # e.g. ARM's /proc/cpuinfo, which names its features otherwise
+        return {"model": model, "flags": None}
+    present = set(fields["flags"].split())
+    return {"model": model, "flags": [flag for flag in SPEED_FLAGS if flag in present]}
 
 
 def describe_cpu(cpu: dict, cores: int) -> str:

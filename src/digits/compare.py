@@ -190,10 +190,8 @@ def _holdout_probs(run_dir: Path, fold_count: int, file_name: str, rows: int) ->
 
 def setting_changes(a: config_lib.Config, b: config_lib.Config) -> list[str]:
     """`name a -> b` for every setting that defines a run (and the preset) where the two differ."""
-    fields = ["preset", *a.identity()]
-    return [
-        f"{name} {getattr(a, name)} -> {getattr(b, name)}" for name in fields if getattr(a, name) != getattr(b, name)
-    ]
+    before, after = {"preset": a.preset, **a.identity()}, {"preset": b.preset, **b.identity()}
+    return [f"{name} {before[name]} -> {after[name]}" for name in before if before[name] != after[name]]
 
 
 def compare_pair(a: Run, b: Run) -> dict:
@@ -534,7 +532,7 @@ def compare_runs(
 
     An item of `run_dirs` may be a list of runs (one recipe trained on several seeds, `RUNS=a1+a2,b1+b2`): then
     every later list must be as long as the first, its runs are compared with the first list's in order (each
-    pair sharing SEED and HOLDOUT), and a pooled result (with `pairs`) follows each later list's pair results.
+    pair sharing SEED, HOLDOUT and HOLDOUT_SEED), and a pooled result (with `pairs`) follows each later list's pair results.
     With `out_dir`, then writes compare.json and a picture of the disputed digits per pair there."""
     groups = [[Path(item)] if isinstance(item, (str, Path)) else [Path(path) for path in item] for item in run_dirs]
     if len(groups) < 2 or not all(groups):

@@ -65,7 +65,10 @@ class Config:
 
     def identity(self) -> dict:
         """The fields that define a run: resuming requires them to be equal."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.compare and f.name != "preset"}
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.compare and f.name != "preset"}
+        # the holdout's seed as it acts: HOLDOUT_SEED=42 on a SEED=42 run is that run, and without a holdout it is moot
+        values["holdout_seed"] = self.holdout_rows_seed() if self.holdout > 0 else None
+        return values
 
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)

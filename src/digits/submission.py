@@ -339,7 +339,7 @@ def make_ensemble(
                 f"rows (a different HOLDOUT, holdout seed or data); their OOF scores are not comparable. Blend "
                 f"runs trained on the same train.csv with the same HOLDOUT and HOLDOUT_SEED (by default SEED): "
                 f"{reference.run_dir.name} has {_holdout_settings(reference.run_dir)}, so train the others with "
-                f"those (and any SEED)."
+                f"the same (and any SEED)."
             )
     oof_list = [run.oof_probs for run in runs]
     if weighting == "oof":
@@ -398,6 +398,8 @@ def _holdout_settings(run_dir: Path) -> str:
     from digits import config as config_lib
 
     config = config_lib.from_dict(json.loads((run_dir / "config.json").read_text())["config"])
+    if config.holdout == 0:
+        return "no HOLDOUT"
     return f"HOLDOUT={config.holdout} HOLDOUT_SEED={config.holdout_rows_seed()}"
 
 
