@@ -83,7 +83,7 @@ demo: .venv ## The whole pipeline offline on the bundled sample in a few minutes
 # One worker per core; a test file stays on one worker, so its module fixtures (trained runs) are built once.
 PYTEST_PARALLEL = -n auto --dist loadfile
 
-test: .venv ## Run the test suite (installs everything first; 9-12 minutes on 2 idle cores)
+test: .venv ## Run the test suite (installs everything first; 9-13 minutes on 2 idle cores)
 	$(BIN)/python -m pytest $(PYTEST_PARALLEL) -m "not long"
 
 test-long: .venv ## Run the opt-in long tests: the demo as users run it (about 7 minutes)
