@@ -15,8 +15,8 @@ what it broke.
 
 One holdout is small (a recipe that is truly better by 2 errors in 4,200 rarely shows it), so a recipe can be
 trained on several seeds and the pairs pooled: `RUNS=a1+a2,b1+b2` compares b1 with a1 and b2 with a2 (each pair
-sharing SEED, HOLDOUT and HOLDOUT_SEED, so the same folds and held-out rows), then adds up the rows only one run of each pair
-gets wrong. Two seeds' OOF rows are nearly the same rows, and their holdouts share about a tenth: a row that one
+sharing SEED, HOLDOUT and HOLDOUT_SEED, so the same folds and held-out rows), then adds up the rows only one run
+of each pair gets wrong. Two seeds' OOF rows are nearly the same rows, and their holdouts share about a tenth: a row that one
 recipe gets right and the other wrong in both pairs is one row's evidence, not two (some digits suit one recipe),
 so the pooled p-value counts every row once, for the recipe that gets it right in more pairs (none on a tie).
 """
@@ -532,7 +532,8 @@ def compare_runs(
 
     An item of `run_dirs` may be a list of runs (one recipe trained on several seeds, `RUNS=a1+a2,b1+b2`): then
     every later list must be as long as the first, its runs are compared with the first list's in order (each
-    pair sharing SEED, HOLDOUT and HOLDOUT_SEED), and a pooled result (with `pairs`) follows each later list's pair results.
+    pair sharing SEED, HOLDOUT and HOLDOUT_SEED), and a pooled result (with `pairs`) follows each later list's
+    pair results.
     With `out_dir`, then writes compare.json and a picture of the disputed digits per pair there."""
     groups = [[Path(item)] if isinstance(item, (str, Path)) else [Path(path) for path in item] for item in run_dirs]
     if len(groups) < 2 or not all(groups):
