@@ -166,14 +166,28 @@ def test_bench_names_the_cpu_and_the_instruction_sets_that_decide_its_speed(tmp_
     assert bench.describe_cpu(elsewhere, 4).endswith(", 4 core(s); instruction sets unknown")
 
 
+def test_bench_refuses_fewer_than_two_epochs_before_loading_anything(tmp_path, capsys):
+    from digits import bench
+
+    with pytest.raises(SystemExit) as stopped:
+        bench.main(["--epochs", "1", "--data-dir", str(tmp_path / "absent"), "--out-dir", str(tmp_path / "out")])
+
+    assert stopped.value.code == 2
+    assert "--epochs 1: give at least 2" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.slow
 def test_bench_runs_and_writes_its_json(tmp_path, sample_dir):
     """A miniature `make bench` (the real one needs the full data): every figure present and positive."""
     from digits import bench
 
-    results = bench.run_benchmark(sample_dir, tmp_path / "bench", train_images=1024, epochs=1, log=lambda _: None)
+    results = bench.run_benchmark(sample_dir, tmp_path / "bench", train_images=1024, epochs=2, log=lambda _: None)
     saved = json.loads(Path(results["path"]).read_text())
-    assert saved["throughput"]["ours_images_per_second"] > 0 and saved["throughput"]["plain_images_per_second"] > 0
+    for name in ("ours", "plain"):  # the steady speed: the training seconds of epoch 2, without its validation
+        epoch_seconds = saved["accuracy"][name]["train_seconds_per_epoch"]
+        assert len(epoch_seconds) == 2 and 0 < epoch_seconds[1] < saved["accuracy"][name]["seconds"]
+        assert saved["throughput"][f"{name}_images_per_second"] == pytest.approx(1024 / epoch_seconds[1], rel=1e-2)
     assert saved["throughput"]["ratio"] == pytest.approx(
         saved["throughput"]["ours_images_per_second"] / saved["throughput"]["plain_images_per_second"], rel=1e-2
     )
