@@ -70,7 +70,7 @@ submit: .venv ## Upload a submission to Kaggle and print its score (FILE, defaul
 submissions: .venv ## List your past submissions to the competition, with their scores
 	$(DIGITS) submissions --competition '$(COMPETITION)'
 
-bench: .venv ## Benchmark training/prediction speed vs plain model.fit on the full data (~5 min) -> runs/bench/
+bench: .venv ## Benchmark training/prediction speed vs plain model.fit on the full data (4-9 min) -> runs/bench/
 	$(BIN)/python -m digits.bench
 
 predict: .venv ## Top-3 digits for your own pictures, with a <name>.prepared.png beside each (IMAGE=files-or-folder, RUN)
@@ -80,13 +80,17 @@ predict: .venv ## Top-3 digits for your own pictures, with a <name>.prepared.png
 demo: .venv ## The whole pipeline offline on the bundled sample in a few minutes: data, training, submission, report (EPOCHS, default 12)
 	$(DIGITS) demo $(call opt,EPOCHS,epochs)
 
-# One worker per core; a test file stays on one worker, so its module fixtures (trained runs) are built once.
-PYTEST_PARALLEL = -n auto --dist loadfile
+# One worker more than cores: much of the suite is single-threaded start-up (each fold's process imports
+# TensorFlow, about 8 s), which leaves a core idle at times; on 2 cores 3 workers took 10m00s, 2 took 11m04s
+# (session 11). A test file stays on one worker, so its module fixtures (trained runs) are built once, and the
+# files go out in the order tests/conftest.py gives them (the longest first), not by their number of tests.
+PYTEST_WORKERS ?= $(shell echo $$(( $$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1) + 1 )))
+PYTEST_PARALLEL = -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
-test: .venv ## Run the test suite (installs everything first; 9-13 minutes on 2 idle cores)
+test: .venv ## Run the test suite (installs everything first; about 10 minutes on 2 idle cores)
 	$(BIN)/python -m pytest $(PYTEST_PARALLEL) -m "not long"
 
-test-long: .venv ## Run the opt-in long tests: the demo as users run it (about 7 minutes)
+test-long: .venv ## Run the opt-in long tests: the demo as users run it, re-drawn digits against a real CNN (about 7 minutes)
 	$(BIN)/python -m pytest $(PYTEST_PARALLEL) -m long
 
 test-fast: .venv ## Run the tests that train nothing (1-2 minutes)

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+import shutil
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from digits import data
+from helpers import assert_ok, run_digits, tiny_train_args
 from kaggle_standin import KaggleStandIn
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -18,6 +22,28 @@ SAMPLE_ZIP = REPO_ROOT / "data" / "sample" / "digit-recognizer.zip"
 # Inherited variables that would change what the client does or where it connects.
 _PROXY_VARIABLES = ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")
 _NOISE_VARIABLES = ("VERBOSE", "VERBOSE_OUTPUT", "XDG_CONFIG_HOME")
+
+
+# The modules that take longest, longest first (seconds of one worker on 2 busy cores, session 11: about 280-375,
+# 170-270, 135, 100-180, 110 and 100). `make test` hands whole modules to its workers in collection order
+# (pytest-xdist's `--dist loadfile --no-loadscope-reorder`): starting the long ones first keeps one worker
+# from finishing a long module alone while the others have nothing left to do.
+LONGEST_FIRST = (
+    "test_train_processes.py",
+    "test_submission.py",
+    "test_train.py",
+    "test_faults.py",
+    "test_make.py",
+    "test_compare.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # a stable sort: the tests of a module keep their order
 
 
 @pytest.fixture
@@ -82,3 +108,56 @@ def sample_train(sample_dir: Path) -> data.TrainData:
 @pytest.fixture(scope="session")
 def sample_test(sample_dir: Path):
     return data.load_test(sample_dir / "test.csv")
+
+
+# --- tiny runs that several test modules read ----------------------------------------------------------
+
+# Each is the `tiny` model on the sample, 2 folds, 1 epoch, a fifth of the rows held out of both folds, plus:
+SHARED_RUNS = {
+    "a": (),  # SEED 42
+    "b": ("--epochs", "2"),  # a's folds and holdout, 2 epochs
+    "c": ("--seed", "5"),  # other folds and another holdout
+    "s7": ("--epochs", "2", "--seed", "7", "--holdout-seed", "42"),  # other folds, a's holdout rows
+}
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on `path` (created if need be), shared by every process of the test session."""
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@pytest.fixture(scope="session")
+def shared_runs(tmp_path_factory) -> Callable[..., Path]:
+    """`shared_runs(folder, "a", "c")` copies runs of SHARED_RUNS into `folder` and returns it.
+
+    Each run is trained once per test session, by whichever module asks first, even when pytest-xdist spreads
+    the modules over workers (they share the session's temporary folder; a lock per run makes the others
+    wait). Every module gets its own copies, so what one writes into a run (a blend, a damaged file) no other
+    sees.
+    """
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the session's folder, above each worker's own
+    cache = base / "shared-runs"
+    cache.mkdir(exist_ok=True)
+
+    def copy_runs(folder: Path, *names: str) -> Path:
+        with _locked(cache / "sample.lock"):
+            if not (cache / "sample" / "test.csv").exists():
+                with zipfile.ZipFile(SAMPLE_ZIP) as archive:
+                    archive.extractall(cache / "sample")
+        for name in names:
+            with _locked(cache / f"{name}.lock"):
+                if not (cache / "runs" / name / "report.json").exists():
+                    args = ("--folds", "2", "--epochs", "1", "--holdout", "0.2", "--run", name, *SHARED_RUNS[name])
+                    assert_ok(run_digits(*tiny_train_args(cache / "sample", cache / "runs", *args), timeout=600))
+            shutil.copytree(cache / "runs" / name, Path(folder) / name)
+        return Path(folder)
+
+    return copy_runs

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -56,3 +57,26 @@ def assert_user_error(result: subprocess.CompletedProcess[str]) -> str:
     assert "error: " in result.stderr
     assert "Traceback" not in result.stderr
     return result.stderr
+
+
+# What a finished tiny run holds: in every fold folder, and in the run folder.
+FOLD_FILES = {
+    "model.keras",
+    "history.csv",
+    "oof.npy",
+    "test_probs.npy",
+    "report.json",
+    "curves.png",
+    "confusion.png",
+    "errors.png",
+}
+RUN_FILES = {"config.json", "folds.csv", "oof.csv", "report.json", "report.html", "oof_confusion.png", "samples.png"}
+
+
+def train_cli(sample_dir: Path, runs_dir: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`python -m digits train` of the tiny model (`tiny_train_args`) with `args`."""
+    return run_digits(*tiny_train_args(sample_dir, runs_dir, *args), timeout=timeout)
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()

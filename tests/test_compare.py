@@ -34,7 +34,7 @@ from digits.compare import (
     setting_changes,
     verdict,
 )
-from helpers import assert_ok, assert_user_error, run_digits, tiny_train_args
+from helpers import assert_ok, assert_user_error, run_digits
 
 # --- the statistics ------------------------------------------------------------------------------
 
@@ -430,23 +430,11 @@ def test_compare_refuses_pairs_that_cannot_be_pooled(sample_dir, sample_labels, 
 # --- the command line on tiny runs -------------------------------------------------------------------
 
 
-def train(sample_dir: Path, runs_dir: Path, run: str, *args: str) -> Path:
-    result = run_digits(
-        *tiny_train_args(sample_dir, runs_dir, "--folds", "2", "--epochs", "1", "--run", run, *args), timeout=600
-    )
-    assert_ok(result)
-    return runs_dir / run
-
-
 @pytest.fixture(scope="module")
-def runs(sample_dir, tmp_path_factory) -> Path:
+def runs(shared_runs, tmp_path_factory) -> Path:
     """Runs `a` (tiny, 2 folds, 1 epoch, a fifth of the sample held out), `b` (the same folds and holdout, 2
-    epochs) and `c` (another seed, so other folds and another holdout)."""
-    folder = tmp_path_factory.mktemp("runs")
-    train(sample_dir, folder, "a", "--holdout", "0.2")
-    train(sample_dir, folder, "b", "--holdout", "0.2", "--epochs", "2")
-    train(sample_dir, folder, "c", "--holdout", "0.2", "--seed", "5")
-    return folder
+    epochs) and `c` (another seed, so other folds and another holdout): conftest's SHARED_RUNS."""
+    return shared_runs(tmp_path_factory.mktemp("runs"), "a", "b", "c")
 
 
 def compare(runs_dir: Path, names: str):

@@ -12,7 +12,7 @@ EFBIG, which cli.main reports like ENOSPC), two trainings of the same run starte
 the environment of a training. Covered elsewhere and only referenced (test_referenced_tests_exist keeps
 these names honest):
 - a training killed with SIGKILL in the middle of a fold (the rerun resumes, finished folds intact):
-  test_train.py::test_killed_run_resumes_skips_finished_folds_and_completes;
+  test_train_processes.py::test_killed_run_resumes_skips_finished_folds_and_completes;
 - a dropped download connection, resumed (test_download.py::test_dropped_connection_is_resumed) or retried
   then a clear error (::test_connection_that_keeps_dropping);
 - a kaggle.json readable by others: test_download.py::test_warns_when_kaggle_json_is_readable_by_others;
@@ -60,10 +60,8 @@ SECRETS = {
     "KAGGLE_API_TOKEN": "sentinel-token-KGAT_77c1d2e3a4",
 }
 REFERENCED = {
-    "test_train.py": [
-        "test_killed_run_resumes_skips_finished_folds_and_completes",
-        "test_second_process_on_the_same_run_is_refused",
-    ],
+    "test_train_processes.py": ["test_killed_run_resumes_skips_finished_folds_and_completes"],
+    "test_train.py": ["test_second_process_on_the_same_run_is_refused"],
     "test_download.py": [
         "test_dropped_connection_is_resumed",
         "test_connection_that_keeps_dropping",

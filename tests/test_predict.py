@@ -252,8 +252,16 @@ def test_make_predict_passes_images_and_run_and_needs_image():
 
 
 @pytest.fixture(scope="module")
+def tiny_run(shared_runs, tmp_path_factory) -> Path:
+    """Run `a` of conftest's SHARED_RUNS (the tiny model, 2 folds), alone in its folder: enough to check what
+    the command line and the API do with the models' output."""
+    return shared_runs(tmp_path_factory.mktemp("predict_runs"), "a") / "a"
+
+
+@pytest.fixture(scope="module")
 def trained_run(sample_dir, tmp_path_factory) -> Path:
-    """The real CNN, 2 folds x 6 epochs on the sample, 10% held out of both folds (about a minute and a half)."""
+    """The real CNN, 2 folds x 6 epochs on the sample, 10% held out of both folds (about a minute and a half
+    alone, nearly three beside other tests: so the one test that needs it is opt-in, `make test-long`)."""
     runs_dir = tmp_path_factory.mktemp("predict_runs")
     command = [
         *(sys.executable, "-m", "digits", "train", "--data-dir", str(sample_dir), "--runs-dir", str(runs_dir)),
@@ -264,7 +272,7 @@ def trained_run(sample_dir, tmp_path_factory) -> Path:
     return runs_dir / "r"
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_redrawn_digits_are_classified_like_the_originals(trained_run, sample_train, tmp_path):
     """On the held-out digits (never trained on): accuracy of the originals vs the same digits re-drawn."""
     folds = pd.read_csv(trained_run / "folds.csv")
@@ -291,20 +299,20 @@ def test_redrawn_digits_are_classified_like_the_originals(trained_run, sample_tr
 
 
 @pytest.mark.slow
-def test_cli_predicts_files_and_folders_and_writes_prepared_pictures(trained_run, sample_train, tmp_path):
+def test_cli_predicts_files_and_folders_and_writes_prepared_pictures(tiny_run, sample_train, tmp_path):
     rng = np.random.default_rng(5)
     folder = tmp_path / "drawings"
     folder.mkdir()
     in_folder = [redraw_file(sample_train.images[i], style, rng, folder, f"digit{i}") for i, style in enumerate(STYLES)]
     loose = redraw_file(sample_train.images[20], "ink.png", rng, tmp_path, "loose")
-    result = run_cli("--run", "r", "--runs-dir", str(trained_run.parent), f"{folder},{loose}")
+    result = run_cli("--run", "a", "--runs-dir", str(tiny_run.parent), f"{folder},{loose}")
     assert result.returncode == 0, result.stderr[-3000:]
     print("\n" + result.stdout)
     lines = result.stdout.splitlines()
-    assert lines[0] == "run r: the mean of its 2 fold model(s)"
+    assert lines[0] == "run a: the mean of its 2 fold model(s)"
     assert lines[1].split() == ["image", "1st", "2nd", "3rd", "prepared"]
     inputs = sorted(in_folder) + [loose]
-    probs = predict.predict_images(inputs, run=trained_run)
+    probs = predict.predict_images(inputs, run=tiny_run)
     for path, row, line in zip(inputs, probs, lines[2 : 2 + len(inputs)], strict=True):
         best = predict.top_k(row)[0]
         shown = path.with_name(path.stem + ".prepared.png")
@@ -317,15 +325,15 @@ def test_cli_predicts_files_and_folders_and_writes_prepared_pictures(trained_run
         assert np.array_equal(picture[::8, ::8], prepare_image(path)[..., 0])
     assert not list(tmp_path.rglob(".*.tmp*"))  # written atomically: no temporary file left
     # Run again on the folder: the prepared pictures are not taken for inputs.
-    again = run_cli("--run", "r", "--runs-dir", str(trained_run.parent), "--no-prepared", str(folder))
+    again = run_cli("--run", "a", "--runs-dir", str(tiny_run.parent), "--no-prepared", str(folder))
     assert again.returncode == 0 and len(again.stdout.splitlines()) == 2 + len(in_folder)
 
 
 @pytest.mark.slow
-def test_predict_images_takes_arrays_and_defaults_to_the_latest_run(trained_run, sample_train):
+def test_predict_images_takes_arrays_and_defaults_to_the_latest_run(tiny_run, sample_train):
     images = sample_train.images[:5]
-    by_run = predict.predict_images(list(images), run="r", runs_dir=trained_run.parent)
-    latest = predict.predict_images(images, runs_dir=trained_run.parent)  # a 4-D batch, the latest run
+    by_run = predict.predict_images(list(images), run="a", runs_dir=tiny_run.parent)
+    latest = predict.predict_images(images, runs_dir=tiny_run.parent)  # a 4-D batch, the latest run
     assert np.allclose(by_run, latest, atol=1e-6)
     top = predict.top_k(by_run)
     assert len(top) == 5 and all(len(best) == 3 and best[0][1] >= best[1][1] >= best[2][1] for best in top)

@@ -381,20 +381,18 @@ def train_tiny(sample_dir: Path, runs_dir: Path, run: str, *args: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def runs_dir(sample_dir, tmp_path_factory) -> Path:
-    """A folder holding run `a`: tiny, 2 folds, 1 epoch, a fifth of the sample held out of every fold (trained
-    once for the module)."""
-    folder = tmp_path_factory.mktemp("runs")
-    train_tiny(sample_dir, folder, "a", "--holdout", "0.2")
-    return folder
+def runs_dir(shared_runs, tmp_path_factory) -> Path:
+    """A folder holding run `a`: tiny, 2 folds, 1 epoch, a fifth of the sample held out of every fold
+    (conftest's SHARED_RUNS)."""
+    return shared_runs(tmp_path_factory.mktemp("runs"), "a")
 
 
 @pytest.fixture(scope="module")
-def second_run(runs_dir, sample_dir) -> Path:
-    """Run `b` beside `a`: another SEED (other folds, initial weights and augmentation) with `a`'s holdout rows
+def second_run(runs_dir, shared_runs) -> Path:
+    """Run `s7` beside `a`: another SEED (other folds, initial weights and augmentation) with `a`'s holdout rows
     (HOLDOUT_SEED=42, a's SEED), trained for 2 epochs, so the two runs predict differently."""
-    train_tiny(sample_dir, runs_dir, "b", "--holdout", "0.2", "--epochs", "2", "--seed", "7", "--holdout-seed", "42")
-    return runs_dir / "b"
+    shared_runs(runs_dir, "s7")
+    return runs_dir / "s7"
 
 
 def oof_accuracy(run_dir: Path) -> float:
@@ -479,12 +477,14 @@ def test_submission_of_an_unfinished_run_names_the_missing_fold(runs_dir, sample
 @pytest.mark.slow
 def test_ensemble_of_two_runs(runs_dir, second_run, sample_dir, tmp_path):
     submissions = tmp_path / "subs"
-    run_probs = [np.mean([np.load(runs_dir / r / f"fold_{k}" / "test_probs.npy") for k in (0, 1)], 0) for r in "ab"]
+    run_probs = [
+        np.mean([np.load(runs_dir / r / f"fold_{k}" / "test_probs.npy") for k in (0, 1)], 0) for r in ("a", "s7")
+    ]
 
-    equal = digits_cli("ensemble", "--runs", "a,b", *run_args(runs_dir, sample_dir, submissions))
+    equal = digits_cli("ensemble", "--runs", "a,s7", *run_args(runs_dir, sample_dir, submissions))
 
     assert_ok(equal)
-    for run in ("a", "b"):
+    for run in ("a", "s7"):
         assert re.search(
             rf"^  {run}: OOF accuracy {oof_accuracy(runs_dir / run):.5f}, holdout \d\.\d{{5}}, weight 0\.500$",
             equal.stdout,
@@ -492,8 +492,8 @@ def test_ensemble_of_two_runs(runs_dir, second_run, sample_dir, tmp_path):
         )
     assert "(equal weights)" in equal.stdout
     assert "holdout accuracy not measured" not in equal.stdout
-    (path,) = submissions.glob("ensemble-a+b-cv*.csv")
-    assert re.fullmatch(r"ensemble-a\+b-cv\d\.\d{5}\.csv", path.name)
+    (path,) = submissions.glob("ensemble-a+s7-cv*.csv")
+    assert re.fullmatch(r"ensemble-a\+s7-cv\d\.\d{5}\.csv", path.name)
     validate_submission_text(path.read_text(), SAMPLE_TEST_ROWS)
     labels = pd.read_csv(path)["Label"].to_numpy()
     expected = np.mean(run_probs, axis=0)
@@ -501,18 +501,20 @@ def test_ensemble_of_two_runs(runs_dir, second_run, sample_dir, tmp_path):
     assert clear.mean() > 0.98
     assert np.array_equal(labels[clear], expected.argmax(axis=1)[clear])
 
-    weighted = digits_cli("ensemble", "--runs", "a,b", "--weights", "oof", *run_args(runs_dir, sample_dir, submissions))
+    weighted = digits_cli(
+        "ensemble", "--runs", "a,s7", "--weights", "oof", *run_args(runs_dir, sample_dir, submissions)
+    )
 
     assert_ok(weighted)
     weights = [
         float(w)
         for w in re.findall(
-            r"^  [ab]: OOF accuracy \d\.\d{5}, holdout \d\.\d{5}, weight (\d\.\d{3})$", weighted.stdout, re.M
+            r"^  (?:a|s7): OOF accuracy \d\.\d{5}, holdout \d\.\d{5}, weight (\d\.\d{3})$", weighted.stdout, re.M
         )
     ]
     assert len(weights) == 2 and sum(weights) == pytest.approx(1.0, abs=0.002)
     assert "(oof weights)" in weighted.stdout
-    (oof_path,) = submissions.glob("ensemble-a+b-cv*-oof.csv")
+    (oof_path,) = submissions.glob("ensemble-a+s7-cv*-oof.csv")
     assert oof_path != path and path.read_text()  # the equal-weight file is still there
     validate_submission_text(oof_path.read_text(), SAMPLE_TEST_ROWS)
     assert f"submission: {oof_path}" in weighted.stdout
@@ -526,7 +528,7 @@ def holdout_mean_probs(run_dir: Path) -> np.ndarray:
 def test_ensemble_reports_its_accuracy_on_the_common_holdout(runs_dir, second_run, sample_dir, tmp_path):
     folds = pd.read_csv(runs_dir / "a" / "folds.csv")
     labels = folds.loc[folds["fold"] == -1, "label"].to_numpy()
-    blended = (holdout_mean_probs(runs_dir / "a") + holdout_mean_probs(runs_dir / "b")) / 2
+    blended = (holdout_mean_probs(runs_dir / "a") + holdout_mean_probs(runs_dir / "s7")) / 2
     # The tiny models' probabilities are close to uniform, so a row whose top two classes are within float
     # rounding of each other may go either way in the CLI's own sum: such rows may count as right or wrong.
     clear = clear_argmax(blended)
@@ -534,7 +536,7 @@ def test_ensemble_reports_its_accuracy_on_the_common_holdout(runs_dir, second_ru
     fewest, most = int((wrong & clear).sum()), int((wrong | ~clear).sum())
     assert most - fewest <= 3  # nearly every row is decided, so the check below stays tight
 
-    result = digits_cli("ensemble", "--runs", "a,b", *run_args(runs_dir, sample_dir, tmp_path / "subs"))
+    result = digits_cli("ensemble", "--runs", "a,s7", *run_args(runs_dir, sample_dir, tmp_path / "subs"))
 
     assert_ok(result)
     assert len(labels) == 600  # a fifth of the sample's 3,000 rows
@@ -546,7 +548,7 @@ def test_ensemble_reports_its_accuracy_on_the_common_holdout(runs_dir, second_ru
     errors = int(printed[2])
     assert fewest <= errors <= most
     assert printed[1] == f"{1 - errors / len(labels):.5f}"
-    for run in ("a", "b"):  # each run alone, as its own training report measured it
+    for run in ("a", "s7"):  # each run alone, as its own training report measured it
         alone = json.loads((runs_dir / run / "report.json").read_text())["holdout"]["ensemble_accuracy"]
         assert re.search(
             rf"^  {run}: OOF accuracy \d\.\d{{5}}, holdout {alone:.5f}, weight 0\.500$", result.stdout, re.M
@@ -568,9 +570,9 @@ def test_ensemble_with_a_damaged_holdout_file_says_so_and_still_writes_the_blend
     import shutil
 
     runs = tmp_path / "runs"
-    for run in ("a", "b"):
+    for run in ("a", "s7"):
         shutil.copytree(runs_dir / run, runs / run)
-    damaged = runs / "b" / "fold_1" / "holdout_probs.npy"
+    damaged = runs / "s7" / "fold_1" / "holdout_probs.npy"
     if damage == "missing":
         damaged.unlink()
     elif damage == "truncated":
@@ -579,34 +581,34 @@ def test_ensemble_with_a_damaged_holdout_file_says_so_and_still_writes_the_blend
         np.save(damaged, np.full((7, 10), 0.1, np.float32))
     submissions = tmp_path / "subs"
 
-    result = digits_cli("ensemble", "--runs", "a,b", *run_args(runs, sample_dir, submissions))
+    result = digits_cli("ensemble", "--runs", "a,s7", *run_args(runs, sample_dir, submissions))
 
     assert_ok(result)
     assert f"holdout accuracy not measured: {damaged} {message}" in result.stdout
     assert "ensemble holdout accuracy" not in result.stdout
-    (path,) = submissions.glob("ensemble-a+b-cv*.csv")
+    (path,) = submissions.glob("ensemble-a+s7-cv*.csv")
     validate_submission_text(path.read_text(), SAMPLE_TEST_ROWS)
 
 
 @pytest.mark.slow
 def test_runs_sharing_a_holdout_seed_hold_out_the_same_rows_in_other_folds(runs_dir, second_run):
-    a, b = (pd.read_csv(runs_dir / run / "folds.csv") for run in ("a", "b"))
+    a, s7 = (pd.read_csv(runs_dir / run / "folds.csv") for run in ("a", "s7"))
     held_out = a["fold"] == -1
     assert held_out.sum() == 600
-    assert held_out.equals(b["fold"] == -1)  # b (SEED=7 HOLDOUT_SEED=42) holds out a's (SEED=42) rows
-    assert not a.loc[~held_out, "fold"].equals(b.loc[~held_out, "fold"])  # in folds split by its own seed
-    saved = json.loads((runs_dir / "b" / "config.json").read_text())["config"]
+    assert held_out.equals(s7["fold"] == -1)  # s7 (SEED=7 HOLDOUT_SEED=42) holds out a's (SEED=42) rows
+    assert not a.loc[~held_out, "fold"].equals(s7.loc[~held_out, "fold"])  # in folds split by its own seed
+    saved = json.loads((runs_dir / "s7" / "config.json").read_text())["config"]
     assert (saved["seed"], saved["holdout_seed"]) == (7, 42)
 
 
 @pytest.mark.slow
-def test_ensemble_of_runs_with_different_holdouts_is_refused_and_says_how_to_share_one(runs_dir, sample_dir, tmp_path):
-    train_tiny(sample_dir, runs_dir, "seed7", "--holdout", "0.2", "--seed", "7")  # seed 7's own holdout
+def test_ensemble_of_runs_with_different_holdouts_is_refused_and_says_how_to_share_one(
+    runs_dir, shared_runs, sample_dir, tmp_path
+):
+    shared_runs(runs_dir, "c")  # SEED=5, so its own holdout
     submissions = tmp_path / "subs"
 
-    stderr = assert_user_error(
-        digits_cli("ensemble", "--runs", "a,seed7", *run_args(runs_dir, sample_dir, submissions))
-    )
+    stderr = assert_user_error(digits_cli("ensemble", "--runs", "a,c", *run_args(runs_dir, sample_dir, submissions)))
 
     assert "hold OOF predictions for different train rows" in stderr
     assert "a has HOLDOUT=0.2 HOLDOUT_SEED=42, so train the others with the same (and any SEED)" in stderr
