@@ -1,4 +1,6 @@
-"""Shared fixtures: the bundled sample, and a stand-in Kaggle API that the real `kaggle` client talks to."""
+"""Shared fixtures: the bundled sample, a stand-in Kaggle API that the real `kaggle` client talks to, and tiny
+runs trained once per test session for the modules that read them (`shared_runs`). Also the order in which
+`make test` hands the modules to its workers (the longest first)."""
 
 from __future__ import annotations
 
@@ -132,6 +134,27 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _train_once(cache: Path, name: str) -> None:
+    """Train SHARED_RUNS[name] into cache/runs/<name>, unless it is there or failed before (called under the
+    run's lock). It trains in a folder of its own and is moved into cache/runs only once finished, so a
+    requester never sees half a run; a failure is recorded, so the next requester fails at once with its
+    output instead of training it again."""
+    if (cache / "runs" / name).exists():
+        return
+    failure = cache / f"{name}.failed"
+    assert not failure.exists(), f"shared run {name} failed earlier in this session:\n{failure.read_text()}"
+    staging = cache / f"staging-{name}"
+    shutil.rmtree(staging, ignore_errors=True)
+    args = ("--folds", "2", "--epochs", "1", "--holdout", "0.2", "--run", name, *SHARED_RUNS[name])
+    result = run_digits(*tiny_train_args(cache / "sample", staging, *args), timeout=600)
+    if result.returncode != 0 or not (staging / name / "report.json").exists():
+        failure.write_text(f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}")
+        assert_ok(result)
+        raise AssertionError(f"shared run {name} wrote no report.json:\n{result.stdout}")
+    (cache / "runs").mkdir(exist_ok=True)
+    os.rename(staging / name, cache / "runs" / name)
+
+
 @pytest.fixture(scope="session")
 def shared_runs(tmp_path_factory) -> Callable[..., Path]:
     """`shared_runs(folder, "a", "c")` copies runs of SHARED_RUNS into `folder` and returns it.
@@ -154,10 +177,9 @@ def shared_runs(tmp_path_factory) -> Callable[..., Path]:
                     archive.extractall(cache / "sample")
         for name in names:
             with _locked(cache / f"{name}.lock"):
-                if not (cache / "runs" / name / "report.json").exists():
-                    args = ("--folds", "2", "--epochs", "1", "--holdout", "0.2", "--run", name, *SHARED_RUNS[name])
-                    assert_ok(run_digits(*tiny_train_args(cache / "sample", cache / "runs", *args), timeout=600))
-            shutil.copytree(cache / "runs" / name, Path(folder) / name)
+                _train_once(cache, name)
+            if not (Path(folder) / name).exists():
+                shutil.copytree(cache / "runs" / name, Path(folder) / name)
         return Path(folder)
 
     return copy_runs

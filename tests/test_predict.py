@@ -272,6 +272,7 @@ def trained_run(sample_dir, tmp_path_factory) -> Path:
     return runs_dir / "r"
 
 
+@pytest.mark.slow
 @pytest.mark.long
 def test_redrawn_digits_are_classified_like_the_originals(trained_run, sample_train, tmp_path):
     """On the held-out digits (never trained on): accuracy of the originals vs the same digits re-drawn."""

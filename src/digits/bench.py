@@ -71,30 +71,35 @@ def _peak_rss_mb() -> float:
 
 
 class _EpochTimer:
-    """Per epoch: the seconds spent training (from the epoch's start to its validation), the wall time since
-    `started` at its end, and the validation accuracy (a Keras callback, built lazily)."""
+    """Per epoch: the seconds spent training (from the epoch's start to its validation) and validating, the
+    wall time since `started` at its end, and the validation accuracy (a Keras callback, built lazily)."""
 
-    def __new__(cls, started: float):
+    def __new__(cls, started: float, clock=time.perf_counter):
         import keras
 
         class Timer(keras.callbacks.Callback):
             def __init__(self):
                 super().__init__()
                 self.train_seconds: list[float] = []
+                self.validation_seconds: list[float] = []
                 self.records: list[tuple[float, float]] = []  # (seconds since `started`, val accuracy)
-                self._epoch_started = self._validation_started = 0.0
+                self._epoch_started = self._validation_started = self._validation_ended = None
 
             def on_epoch_begin(self, epoch, logs=None):
-                self._epoch_started = self._validation_started = time.perf_counter()
+                self._epoch_started, self._validation_started, self._validation_ended = clock(), None, None
 
             def on_test_begin(self, logs=None):  # fit's validation, after the epoch's training steps
-                self._validation_started = time.perf_counter()
+                self._validation_started = clock()
+
+            def on_test_end(self, logs=None):
+                self._validation_ended = clock()
 
             def on_epoch_end(self, epoch, logs=None):
-                now = time.perf_counter()
-                if self._validation_started == self._epoch_started:  # no validation this epoch
-                    self._validation_started = now
+                now = clock()
+                if self._validation_started is None:  # no validation this epoch
+                    self._validation_started = self._validation_ended = now
                 self.train_seconds.append(self._validation_started - self._epoch_started)
+                self.validation_seconds.append(self._validation_ended - self._validation_started)
                 self.records.append((now - started, float((logs or {}).get("val_accuracy", 0.0))))
 
             def steady_images_per_second(self, images: int) -> float:
@@ -148,10 +153,9 @@ def _ceiling_images_per_second(model, x: np.ndarray, y: np.ndarray, batch: int, 
     import tensorflow as tf
 
     steps = max(1, min(steps, len(x) // batch))
-    shape = (steps, batch, *x.shape[1:])
-    batches = tf.data.Dataset.from_tensor_slices(
-        (x[: steps * batch].astype(np.float32).reshape(shape), y[: steps * batch].reshape(steps, batch, -1))
-    ).cache()
+    rows = steps * batch
+    # batched as ours is (a batch dimension of None), so the model runs the train step it was traced with
+    batches = tf.data.Dataset.from_tensor_slices((x[:rows].astype(np.float32), y[:rows])).batch(batch).cache()
     for _ in batches:  # fill the cache before timing
         pass
     batches = batches.prefetch(tf.data.AUTOTUNE)
@@ -260,6 +264,7 @@ def run_benchmark(
             "seconds": round(timer.records[-1][0], 1),
             f"seconds_to_{target}": round(reached, 1) if reached is not None else None,
             "train_seconds_per_epoch": [round(seconds, 3) for seconds in timer.train_seconds],
+            "validation_seconds_per_epoch": [round(seconds, 3) for seconds in timer.validation_seconds],
         }
         log(
             f"  {name}: {speed[name]:,.0f} training images/s, val accuracy {timer.records[-1][1]:.4f} after "
