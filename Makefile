@@ -90,7 +90,7 @@ PYTEST_PARALLEL = -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
 test: .venv ## Run the test suite (installs everything first; about 10 minutes on 2 idle cores)
 	$(BIN)/python -m pytest $(PYTEST_PARALLEL) -m "not long"
 
-test-long: .venv ## Run the opt-in long tests: the demo as users run it, re-drawn digits against a real CNN (about 7 minutes)
+test-long: .venv ## Run the opt-in long tests: the demo as users run it, re-drawn digits against a real CNN (about 6 minutes)
 	$(BIN)/python -m pytest $(PYTEST_PARALLEL) -m long
 
 test-fast: .venv ## Run the tests that train nothing (1-2 minutes)
