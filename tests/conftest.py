@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from digits import data
-from helpers import assert_ok, run_digits, tiny_train_args
+from helpers import assert_ok, train_cli
 from kaggle_standin import KaggleStandIn
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -146,7 +146,7 @@ def _train_once(cache: Path, name: str) -> None:
     staging = cache / f"staging-{name}"
     shutil.rmtree(staging, ignore_errors=True)
     args = ("--folds", "2", "--epochs", "1", "--holdout", "0.2", "--run", name, *SHARED_RUNS[name])
-    result = run_digits(*tiny_train_args(cache / "sample", staging, *args), timeout=600)
+    result = train_cli(cache / "sample", staging, *args, timeout=600)
     if result.returncode != 0 or not (staging / name / "report.json").exists():
         failure.write_text(f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}")
         assert_ok(result)

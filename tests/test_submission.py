@@ -8,7 +8,6 @@ stand-in Kaggle API (tests/kaggle_standin.py) through the proxy variables that `
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -29,7 +28,7 @@ from digits.submission import (
     validate_submission_text,
     write_submission,
 )
-from helpers import assert_ok, assert_user_error, run_digits
+from helpers import assert_ok, assert_user_error, digest, run_digits, train_cli
 from kaggle_standin import KaggleStandIn
 from kaggle_standin import Submission as StandInSubmission
 
@@ -42,10 +41,6 @@ RULES_URL = "https://www.kaggle.com/competitions/digit-recognizer/rules"
 
 def digits_cli(*args: str | os.PathLike, env: dict[str, str] | None = None, timeout: float = 300):
     return run_digits(*args, env=env, timeout=timeout)
-
-
-def digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def csv_text(*lines: str, newline: str = "\n") -> str:
@@ -358,28 +353,6 @@ def test_write_submission_refuses_an_invalid_frame_and_writes_nothing(tmp_path):
 # --- the command line, end to end on tiny runs ------------------------------------------------------
 
 
-def train_tiny(sample_dir: Path, runs_dir: Path, run: str, *args: str) -> None:
-    result = digits_cli(
-        "train",
-        "--data-dir",
-        sample_dir,
-        "--runs-dir",
-        runs_dir,
-        "--preset",
-        "quick",
-        "--model",
-        "tiny",
-        "--folds",
-        "2",
-        "--epochs",
-        "1",
-        "--run",
-        run,
-        *args,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-
-
 @pytest.fixture(scope="module")
 def runs_dir(shared_runs, tmp_path_factory) -> Path:
     """A folder holding run `a`: tiny, 2 folds, 1 epoch, a fifth of the sample held out of every fold
@@ -463,7 +436,7 @@ def test_submission_with_tta_reports_oof_accuracy_with_and_without(runs_dir, sam
 
 @pytest.mark.slow
 def test_submission_of_an_unfinished_run_names_the_missing_fold(runs_dir, sample_dir, tmp_path):
-    train_tiny(sample_dir, runs_dir, "half", "--only", "0")
+    assert_ok(train_cli(sample_dir, runs_dir, "--folds", "2", "--epochs", "1", "--run", "half", "--only", "0"))
     submissions = tmp_path / "subs"
 
     stderr = assert_user_error(digits_cli("submission", "--run", "half", *run_args(runs_dir, sample_dir, submissions)))

@@ -352,7 +352,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.epochs < 2:
         parser.error(
-            f"--epochs {args.epochs}: give at least 2 (the first epoch traces the step, so the steady speed comes from the later ones)"
+            f"--epochs {args.epochs}: give at least 2 (the first epoch traces the step, so the steady speed "
+            "comes from the later ones)"
         )
     results = run_benchmark(args.data_dir, args.out_dir, args.train_images, args.epochs, args.target)
     print(format_table(results))
