@@ -70,8 +70,8 @@ submit: .venv ## Upload a submission to Kaggle and print its score (FILE, defaul
 submissions: .venv ## List your past submissions to the competition, with their scores
 	$(DIGITS) submissions --competition '$(COMPETITION)'
 
-bench: .venv ## Benchmark training/prediction speed vs plain model.fit on the full data (4-9 min) -> runs/bench/
-	$(BIN)/python -m digits.bench
+bench: .venv ## Benchmark training/prediction speed vs plain model.fit on the full data (4-10 min; BFLOAT16=1) -> runs/bench/
+	$(BIN)/python -m digits.bench $(if $(filter 1 yes true,$(BFLOAT16)),--bfloat16)
 
 predict: .venv ## Top-3 digits for your own pictures, with a <name>.prepared.png beside each (IMAGE=files-or-folder, RUN)
 	@test -n "$(IMAGE)" || { echo "make predict needs IMAGE=path/to/digit.png (several: IMAGE=\"a.png b.jpg\" or a,b; or a folder)"; exit 2; }

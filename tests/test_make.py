@@ -152,6 +152,9 @@ def test_bench_names_the_cpu_and_the_instruction_sets_that_decide_its_speed(tmp_
     )
     cpu = bench.cpu_info(cpuinfo)
     assert cpu == {"model": "AMD EPYC 9R14", "flags": ["avx2", "avx512f", "avx512_bf16"]}
+    assert bench.native_bfloat16(cpu) is True
+    assert bench.native_bfloat16({"model": "Xeon", "flags": ["avx2", "avx512f", "amx_bf16"]}) is True
+    assert bench.native_bfloat16({"model": "EPYC", "flags": ["avx2", "avx512f"]}) is False
     assert (
         bench.describe_cpu(cpu, 2) == "CPU: AMD EPYC 9R14, 2 core(s); has avx2, avx512f, avx512_bf16 (lacks amx_bf16)"
     )
@@ -161,6 +164,7 @@ def test_bench_names_the_cpu_and_the_instruction_sets_that_decide_its_speed(tmp_
     )
     cpuinfo.write_text("processor\t: 0\nBogoMIPS\t: 50.00\nFeatures\t: fp asimd\n")  # ARM: no flags line
     assert bench.cpu_info(cpuinfo)["flags"] is None
+    assert bench.native_bfloat16(bench.cpu_info(cpuinfo)) is None  # unknown: the bench times it
     elsewhere = bench.cpu_info(tmp_path / "no-such-file")  # not Linux
     assert elsewhere["flags"] is None
     assert bench.describe_cpu(elsewhere, 4).endswith(", 4 core(s); instruction sets unknown")
@@ -199,10 +203,13 @@ def test_bench_refuses_fewer_than_two_epochs_before_loading_anything(tmp_path, c
 
 @pytest.mark.slow
 def test_bench_runs_and_writes_its_json(tmp_path, sample_dir):
-    """A miniature `make bench` (the real one needs the full data): every figure present and positive."""
-    from digits import bench
+    """A miniature `make bench` (the real one needs the full data): every figure present and positive.
+    bfloat16 prediction is timed as this CPU decides (only with native bfloat16); the other choice is timed on a
+    tiny model after it, so that both kinds of record are checked on any CPU."""
+    from digits import bench, data, models
 
     results = bench.run_benchmark(sample_dir, tmp_path / "bench", train_images=1024, epochs=2, log=lambda _: None)
+    timed_bfloat16 = bench.native_bfloat16(bench.cpu_info()) is not False
     saved = json.loads(Path(results["path"]).read_text())
     for name in ("ours", "plain"):  # the steady speed: the training seconds of epoch 2, without its validation
         train_seconds = saved["accuracy"][name]["train_seconds_per_epoch"]
@@ -216,12 +223,7 @@ def test_bench_runs_and_writes_its_json(tmp_path, sample_dir):
     assert saved["throughput"]["ceiling_images_per_second"] > 0
     prediction = saved["prediction"]
     assert prediction["test_images"] == 1000
-    for key in ("plain", "float32", "bfloat16"):
-        assert prediction[key]["images_per_second"] > 0
-        expected = 5 * 1000 / prediction[key]["images_per_second"]
-        assert prediction[key]["five_fold_ensemble_seconds"] == pytest.approx(expected, rel=0.01, abs=0.01)
-    assert prediction["float32_max_abs_difference_from_plain"] < 1e-4  # folding batch norm is exact
-    assert 0.8 <= prediction["bfloat16_same_digit_as_float32"] <= 1  # a two-epoch model has many near-ties
+    _check_prediction(prediction, 1000, timed_bfloat16)
     assert 0 <= saved["accuracy"]["ours"]["val_accuracy"] <= 1 and saved["peak_rss_mb"] > 0
     assert saved["cpu"] == bench.cpu_info() and saved["cores"] >= 1
     table = bench.format_table(results)
@@ -229,3 +231,35 @@ def test_bench_runs_and_writes_its_json(tmp_path, sample_dir):
     assert "speed-up in training images/s:" in table and str(results["path"]) in table
     before = {key: value for key, value in results.items() if key not in ("cpu", "cores")}  # a bench of session 9
     assert bench.format_table(before).splitlines()[1:] == table.splitlines()[2:]
+    _check_table_prediction(table, timed_bfloat16)
+
+    other = bench._prediction_speed(
+        models.build_model("tiny"), data.load_test(sample_dir / "test.csv")[:300], print, not timed_bfloat16
+    )
+    _check_prediction(other, 300, not timed_bfloat16)
+    _check_table_prediction(bench.format_table({**results, "prediction": other}), not timed_bfloat16)
+
+
+def _check_prediction(prediction: dict, images: int, timed_bfloat16: bool) -> None:
+    from digits import bench
+
+    assert prediction["test_images"] == images
+    for key in ("plain", "float32", "bfloat16") if timed_bfloat16 else ("plain", "float32"):
+        assert prediction[key]["images_per_second"] > 0
+        expected = 5 * images / prediction[key]["images_per_second"]
+        assert prediction[key]["five_fold_ensemble_seconds"] == pytest.approx(expected, rel=0.01, abs=0.01)
+    assert prediction["float32_max_abs_difference_from_plain"] < 1e-4  # folding batch norm is exact
+    if timed_bfloat16:
+        assert 0.8 <= prediction["bfloat16_same_digit_as_float32"] <= 1  # a barely trained model has near-ties
+    else:
+        assert prediction["bfloat16"] == {"skipped": bench.BFLOAT16_SKIPPED}
+        assert "bfloat16_same_digit_as_float32" not in prediction
+
+
+def _check_table_prediction(table: str, timed_bfloat16: bool) -> None:
+    bf16_line = next(line for line in table.splitlines() if line.strip().startswith("ours, bfloat16"))
+    if timed_bfloat16:
+        assert bf16_line.strip().endswith("images/s)") and "predicts the same digit as float32" in table
+    else:
+        assert "not timed: this CPU has no native bfloat16" in bf16_line and "BFLOAT16=1" in bf16_line
+        assert "predicts the same digit" not in table
