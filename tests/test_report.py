@@ -139,3 +139,33 @@ def test_holdout_summary_lists_the_ensembles_mistakes_most_confident_first(tmp_p
 
     report.plot_holdout_errors(tmp_path, 3, sample_train.images[row_ids], labels, row_ids)
     assert (tmp_path / "holdout_errors.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_errors_picture_draws_each_mistake_in_its_cell_and_nothing_when_there_is_none(tmp_path):
+    """errors.png is one mosaic: the one misclassified digit (all ink) shows as a dark square of about its
+    28x28 pixels times the picture's scale, in the first cell; a fold without mistakes draws no digit."""
+    import matplotlib.image
+
+    labels = np.array([3, 1, 4, 1, 5])
+    probs = np.eye(10, dtype=np.float32)[labels]
+    images = np.zeros((5, 28, 28, 1), dtype=np.uint8)
+    images[2] = 255
+    probs[2] = np.eye(10, dtype=np.float32)[9] * 0.8 + 0.02  # row 2 (a 4) read as a 9
+
+    def dark_pixels(path) -> tuple[np.ndarray, int]:
+        picture = matplotlib.image.imread(path)[..., :3].mean(axis=2)
+        return np.argwhere(picture < 0.2), picture.shape[1]
+
+    report.plot_errors(images, labels, probs, np.arange(100, 105), tmp_path / "errors.png", "fold 0")
+    report.plot_errors(images, labels, np.eye(10)[labels], np.arange(5), tmp_path / "none.png", "fold 1")
+
+    (dark, width), (none, _) = dark_pixels(tmp_path / "errors.png"), dark_pixels(tmp_path / "none.png")
+    # the digit's square: at 1.1 inches per 32-pixel cell and 100 dpi, 28 pixels are about 96 picture pixels
+    first_cell = dark[dark[:, 1] < width / 9]  # the first of 9 columns; the title is centred, above the cells
+    assert len(dark[(dark[:, 1] >= width / 9) & (dark[:, 0] > 30)]) == 0  # nothing else below the title
+    per_row = np.bincount(first_cell[:, 0])
+    square = first_cell[per_row[first_cell[:, 0]] > 60]  # the caption's rows hold fewer dark pixels than that
+    rows, columns = np.ptp(square, axis=0) + 1
+    assert 85 <= rows <= 100 and 85 <= columns <= 100
+    assert len(square) >= 0.95 * rows * columns  # filled: the digit's pixels, not text
+    assert len(none) < len(dark) / 10  # text only: the title and "no misclassified digits"

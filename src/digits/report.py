@@ -159,18 +159,29 @@ def plot_errors(
     wrong = most_confident_mistakes(probs, labels)[:limit]
     columns = 9
     rows = max(int(np.ceil(len(wrong) / columns)), 1)
-    figure, axes = plt.subplots(rows, columns, figsize=(columns * 1.1, rows * 1.35 + 0.4), squeeze=False)
-    for axis in axes.flat:
-        axis.axis("off")
-    for axis, index in zip(axes.flat, wrong, strict=False):
-        axis.imshow(images[index, :, :, 0], cmap="gray_r", vmin=0, vmax=255)
-        axis.set_title(
+    # One picture of all the digits, each in a cell with room for its caption above it: one axes and one image
+    # draw about 10x faster than an axes per digit, which matters for every fold of every run.
+    size, gap, caption = 28, 4, 12  # pixels of the 28x28 grid
+    cell_width, cell_height = size + gap, size + caption
+    mosaic = np.zeros((rows * cell_height, columns * cell_width), dtype=np.float32)
+    figure = plt.figure(figsize=(columns * 1.1, rows * 1.35 + 0.4))
+    axis = figure.add_axes((0, 0, 1, rows * 1.35 / (rows * 1.35 + 0.4)))
+    axis.axis("off")
+    for position, index in enumerate(wrong):
+        top, left = (position // columns) * cell_height + caption, (position % columns) * cell_width + gap // 2
+        mosaic[top : top + size, left : left + size] = images[index, :, :, 0]
+        axis.text(
+            left + size / 2,
+            top - 1,
             f"{labels[index]}→{predictions[index]} {probs[index, predictions[index]]:.2f}\nrow {row_ids[index]}"
             + (f" {notes[index]}" if notes is not None else ""),
             fontsize=6.5,
+            ha="center",
+            va="bottom",
         )
+    axis.imshow(mosaic, cmap="gray_r", vmin=0, vmax=255, interpolation="nearest", aspect="auto")
     if not len(wrong):
-        axes.flat[0].text(0, 0.5, "no misclassified digits", fontsize=9)
+        axis.text(gap, cell_height / 2, "no misclassified digits", fontsize=9, va="center")
     figure.suptitle(
         f"{title}: {len(np.flatnonzero(predictions != labels))} mistakes "
         f"(true→predicted confidence, most confident first)",
