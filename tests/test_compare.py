@@ -109,10 +109,18 @@ TTA = HOLDOUT_KINDS["with TTA"]
 HOLDOUT_ROWS = np.arange(150, 200)
 
 
-def hand_built_run(runs_dir: Path, name: str, data_dir: Path, wrong: dict[int, int], **settings: str) -> Path:
+def hand_built_run(
+    runs_dir: Path,
+    name: str,
+    data_dir: Path,
+    wrong: dict[int, int],
+    last_epoch_wrong: dict[int, int] | None = None,
+    **settings: str,
+) -> Path:
     """A finished run on the sample's first 200 rows (rows 150-199 held out, two folds) that predicts every
     label right except `wrong` (row id -> predicted digit): OOF rows through oof.csv, holdout rows through
-    each fold's holdout_probs.npy (both folds agree)."""
+    each fold's holdout_probs.npy (both folds agree). With `last_epoch_wrong`, its holdout rows wrong at the
+    last epoch instead (holdout_last_epoch_probs.npy)."""
     labels = data.load_train(data_dir / "train.csv").labels[:200]
     run = runs_dir / name
     run.mkdir(parents=True)
@@ -131,6 +139,14 @@ def hand_built_run(runs_dir: Path, name: str, data_dir: Path, wrong: dict[int, i
     for k in range(2):
         (run / f"fold_{k}").mkdir()
         np.save(run / f"fold_{k}" / "holdout_probs.npy", probs)
+    if last_epoch_wrong is not None:
+        last = labels.copy()
+        for row, digit in last_epoch_wrong.items():
+            last[row] = digit
+        probs = np.full((len(HOLDOUT_ROWS), 10), 0.01)
+        probs[np.arange(len(HOLDOUT_ROWS)), last[HOLDOUT_ROWS]] = 0.91
+        for k in range(2):
+            np.save(run / f"fold_{k}" / HOLDOUT_KINDS["last epochs' fold ensemble"], probs)
     return run
 
 
@@ -358,6 +374,26 @@ def test_pooled_pairs_can_name_a_winner_that_no_single_pair_can(sample_dir, samp
     assert f"p = {mcnemar_p(10, 0):.2g}: b1+b2 has fewer errors here" in "\n".join(lines)
 
 
+def test_compare_pairs_the_last_epochs_holdout_predictions_apart_from_the_best_epochs(
+    sample_dir, sample_labels, tmp_path
+):
+    runs_dir = tmp_path / "runs"
+    # best epochs: a wrong on holdout row 160, b on none; last epochs: a wrong on 170 and 171, b on 180
+    hand_built_run(runs_dir, "a", sample_dir, wrong_in(sample_labels, [160]), wrong_in(sample_labels, [170, 171]))
+    hand_built_run(runs_dir, "b", sample_dir, {}, wrong_in(sample_labels, [180]), epochs="30")
+
+    result = compare_runs([runs_dir / "a", runs_dir / "b"], log=lambda _: None)[0]
+
+    found = {c.what: c for c in result["comparisons"]}
+    assert list(found) == ["OOF, one model per row", "holdout, fold ensemble", "holdout, last epochs' fold ensemble"]
+    best, last = found["holdout, fold ensemble"], found["holdout, last epochs' fold ensemble"]
+    assert (best.only_a, best.only_b) == (1, 0)
+    assert (last.only_a, last.only_b) == (2, 1) and last.kind == "holdout, last epochs' fold ensemble"
+    assert result["notes"] == [
+        "holdout, with TTA not compared: not measured for a and b (`make submission RUN=<run> TTA=1` measures it)"
+    ]
+
+
 def test_compare_pools_only_what_every_pair_compared(sample_dir, tmp_path):
     runs_dir = tmp_path / "runs"
     for name, seed in (("a1", "42"), ("b1", "42"), ("a2", "7"), ("b2", "7")):
@@ -470,7 +506,11 @@ def test_compare_pairs_the_oof_rows_and_the_holdout_of_runs_with_the_same_folds(
     assert f"    wrong only in b: {only_b}, only in a: {only_a}; p = {mcnemar_p(only_a, only_b):.2g}" in text
     assert errors["b"] - errors["a"] == only_b - only_a  # the rows both get wrong cancel
 
-    for what, key in (("fold ensemble", "ensemble_accuracy"), ("with TTA", "tta_ensemble_accuracy")):
+    for what, key in (
+        ("fold ensemble", "ensemble_accuracy"),
+        ("with TTA", "tta_ensemble_accuracy"),
+        ("last epochs' fold ensemble", "last_epoch_ensemble_accuracy"),
+    ):
         holdout = {run: reports[run]["holdout"] for run in ("a", "b")}
         wrong = {run: round((1 - holdout[run][key]) * holdout[run]["rows"]) for run in ("a", "b")}
         assert f"  holdout, {what} (600 rows): {wrong['b']} errors against {wrong['a']} " in text
@@ -543,15 +583,26 @@ def test_compare_says_which_holdout_figures_it_could_not_compare(runs, tmp_path)
         shutil.copytree(runs / run, tmp_path / run)
     shutil.copytree(runs / "b", tmp_path / "old")  # as if trained before holdout predictions were saved
     (tmp_path / "old" / "fold_1" / "holdout_probs.npy").unlink()
+    shutil.copytree(runs / "b", tmp_path / "older")  # as if trained before last-epoch predictions were saved
+    (tmp_path / "older" / "fold_1" / "holdout_last_epoch_probs.npy").unlink()
     (tmp_path / "b" / "fold_0" / "holdout_tta_probs.npy").unlink()  # TTA not measured for one fold
 
-    result = compare(tmp_path, "a,b,old")
+    result = compare(tmp_path, "a,b,old,older")
 
     assert_ok(result)
-    text_b, text_old = block(result.stdout, "b"), block(result.stdout, "old")
+    text_b, text_old, text_older = (block(result.stdout, name) for name in ("b", "old", "older"))
     assert "holdout, fold ensemble (600 rows)" in text_b
-    assert "holdout, with TTA" not in text_b
-    assert "holdout with TTA not compared: not measured for b (`make submission RUN=<run> TTA=1` measures it)" in text_b
+    assert "holdout, with TTA (" not in text_b
+    assert (
+        "holdout, with TTA not compared: not measured for b (`make submission RUN=<run> TTA=1` measures it)" in text_b
+    )
+    assert "holdout, last epochs' fold ensemble (600 rows)" in text_b  # a and b saved them
+    assert "holdout, fold ensemble (600 rows)" in text_older and "holdout, with TTA (600 rows)" in text_older
+    assert "holdout, last epochs' fold ensemble (" not in text_older
+    assert (
+        "holdout, last epochs' fold ensemble not compared: older saved no last-epoch holdout predictions (trained by "
+        "an older version)" in text_older
+    )
     assert "holdout, " not in text_old
     assert "holdout not compared: old lacks a fold's holdout_probs.npy" in text_old
     assert "  OOF, one model per row" in text_old  # the OOF rows are still compared

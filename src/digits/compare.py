@@ -7,7 +7,9 @@ likely a split at least that uneven would be if both runs were equally good (a f
 
 Each run after the first is compared with the first, on
 - the out-of-fold rows both runs have (every row of train.csv outside either run's holdout; one model per row);
-- the holdout, when both runs held out the same rows: the fold ensemble, and with TTA when both measured it.
+- the holdout, when both runs held out the same rows: the fold ensemble, with TTA when both measured it, and the
+  ensemble of the folds' last-epoch models when both saved their predictions (runs trained since session 8): the
+  best-epoch checkpoint is chosen on the fold's own validation rows, the last epoch is chosen by nothing.
 Nothing here trains or predicts: it reads the runs' oof.csv, folds.csv and holdout files. It lists the rows
 that only one run gets wrong when they are few; with `OUT=<folder>` it also writes every figure to
 `compare.json` and draws those digits, one picture per pair of runs, so a user can see what a change fixed and
@@ -39,7 +41,16 @@ from digits import folds as folds_lib
 from digits.submission import load_holdout_probs
 
 # What each holdout comparison reads from every fold folder.
-HOLDOUT_KINDS = {"fold ensemble": "holdout_probs.npy", "with TTA": "holdout_tta_probs.npy"}
+HOLDOUT_KINDS = {
+    "fold ensemble": "holdout_probs.npy",
+    "with TTA": "holdout_tta_probs.npy",
+    "last epochs' fold ensemble": "holdout_last_epoch_probs.npy",
+}
+# Why a run can lack a holdout kind other than the fold ensemble, and what to do about it.
+HOLDOUT_KIND_MISSING = {
+    "with TTA": "not measured for {runs} (`make submission RUN=<run> TTA=1` measures it)",
+    "last epochs' fold ensemble": "{runs} saved no last-epoch holdout predictions (trained by an older version)",
+}
 # A split of the disagreeing rows this unlikely under "equally good" counts as a difference.
 SIGNIFICANCE = 0.05
 # The terminal lists a comparison's disputed rows when there are at most this many; OUT=<folder> writes every one
@@ -137,7 +148,7 @@ class Run:
     oof: pd.DataFrame  # row_id, label, prediction
     holdout_rows: np.ndarray
     holdout_labels: np.ndarray
-    holdout_predictions: dict[str, np.ndarray]  # "fold ensemble" / "fold ensemble with TTA" -> predicted digits
+    holdout_predictions: dict[str, np.ndarray]  # a key of HOLDOUT_KINDS -> the ensemble's predicted digits
 
     @property
     def name(self) -> str:
@@ -238,11 +249,9 @@ def compare_pair(a: Run, b: Run) -> dict:
             )
         else:
             for what in HOLDOUT_KINDS:
-                if lacking[what]:  # only TTA can be missing here
-                    notes.append(
-                        f"holdout with TTA not compared: not measured for {', '.join(lacking[what])} "
-                        f"(`make submission RUN=<run> TTA=1` measures it)"
-                    )
+                if lacking[what]:  # TTA or the last epochs here
+                    reason = HOLDOUT_KIND_MISSING[what].format(runs=" and ".join(lacking[what]))
+                    notes.append(f"holdout, {what} not compared: {reason}")
                 else:
                     comparisons.append(
                         paired(
@@ -252,7 +261,7 @@ def compare_pair(a: Run, b: Run) -> dict:
                             b.holdout_predictions[what],
                             a.holdout_rows,
                         )
-                    )  # kind = what: "holdout, fold ensemble" or "holdout, with TTA"
+                    )  # kind = what: "holdout, fold ensemble", "holdout, with TTA", ...
     elif len(a.holdout_rows) or len(b.holdout_rows):
         notes.append(
             f"holdout not compared: the runs hold out different rows (HOLDOUT {a.config.holdout} and "
@@ -476,7 +485,7 @@ def plot_disputed(result: dict, images: dict[int, np.ndarray], path: Path) -> No
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
-    from digits.report import save_figure
+    from digits.report import draw_digits, save_figure
 
     a, b = result["baseline"], result["run"]
     sections = picture_sections(result)
@@ -487,14 +496,15 @@ def plot_disputed(result: dict, images: dict[int, np.ndarray], path: Path) -> No
     figure = plt.figure(figsize=(columns * 0.75, height))
     subfigures = np.atleast_1d(figure.subfigures(len(sections), 1, height_ratios=heights))
     for subfigure, rows, (title, digits) in zip(subfigures, grid_rows, sections, strict=True):
-        axes = np.atleast_1d(subfigure.subplots(rows, columns)).reshape(-1)
-        for axis in axes:
-            axis.axis("off")
-        for axis, (row, prediction) in zip(axes, digits, strict=False):
-            axis.imshow(images[row.row_id][:, :, 0], cmap="gray_r", vmin=0, vmax=255)
-            axis.set_title(f"{row.label}→{prediction}\n{row.row_id}", fontsize=6.5)
-        if not digits:
-            axes[0].text(0, 0.5, "none", fontsize=8)
+        axis = subfigure.add_axes((0, 0, 1, rows / (rows + 0.45)))
+        draw_digits(
+            axis,
+            np.array([images[row.row_id] for row, _ in digits]).reshape(-1, 28, 28),
+            [f"{row.label}→{prediction}\n{row.row_id}" for row, prediction in digits],
+            columns,
+            rows,
+            empty="none",
+        )
         subfigure.suptitle(title, fontsize=9, x=0.01, ha="left")
     figure.suptitle(
         f"{b} against {a}: the rows only one run gets wrong (true→predicted, train.csv row)",

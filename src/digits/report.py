@@ -159,35 +159,39 @@ def plot_errors(
     wrong = most_confident_mistakes(probs, labels)[:limit]
     columns = 9
     rows = max(int(np.ceil(len(wrong) / columns)), 1)
-    # One picture of all the digits, each in a cell with room for its caption above it: one axes and one image
-    # draw about 10x faster than an axes per digit, which matters for every fold of every run.
-    size, gap, caption = 28, 4, 12  # pixels of the 28x28 grid
-    cell_width, cell_height = size + gap, size + caption
-    mosaic = np.zeros((rows * cell_height, columns * cell_width), dtype=np.float32)
     figure = plt.figure(figsize=(columns * 1.1, rows * 1.35 + 0.4))
     axis = figure.add_axes((0, 0, 1, rows * 1.35 / (rows * 1.35 + 0.4)))
-    axis.axis("off")
-    for position, index in enumerate(wrong):
-        top, left = (position // columns) * cell_height + caption, (position % columns) * cell_width + gap // 2
-        mosaic[top : top + size, left : left + size] = images[index, :, :, 0]
-        axis.text(
-            left + size / 2,
-            top - 1,
-            f"{labels[index]}→{predictions[index]} {probs[index, predictions[index]]:.2f}\nrow {row_ids[index]}"
-            + (f" {notes[index]}" if notes is not None else ""),
-            fontsize=6.5,
-            ha="center",
-            va="bottom",
-        )
-    axis.imshow(mosaic, cmap="gray_r", vmin=0, vmax=255, interpolation="nearest", aspect="auto")
-    if not len(wrong):
-        axis.text(gap, cell_height / 2, "no misclassified digits", fontsize=9, va="center")
+    captions = [
+        f"{labels[i]}→{predictions[i]} {probs[i, predictions[i]]:.2f}\nrow {row_ids[i]}"
+        + (f" {notes[i]}" if notes is not None else "")
+        for i in wrong
+    ]
+    draw_digits(axis, images[wrong], captions, columns, rows, empty="no misclassified digits")
     figure.suptitle(
         f"{title}: {len(np.flatnonzero(predictions != labels))} mistakes "
         f"(true→predicted confidence, most confident first)",
         fontsize=9,
     )
     save_figure(figure, path)
+
+
+def draw_digits(
+    axis, images: np.ndarray, captions: list[str], columns: int, rows: int, empty: str, fontsize: float = 6.5
+) -> None:
+    """Draw 28x28 digits row by row into a grid of `columns` x `rows` cells on one axes, each cell with its
+    caption above the digit (`empty` is written instead when there are none). One axes and one image draw about
+    6x faster than an axes per digit, which matters for every fold's errors.png."""
+    size, gap, caption = 28, 4, 12  # in pixels of the digits
+    cell_width, cell_height = size + gap, size + caption
+    mosaic = np.zeros((rows * cell_height, columns * cell_width), dtype=np.float32)
+    for position, (image, text) in enumerate(zip(images, captions, strict=True)):
+        top, left = (position // columns) * cell_height + caption, (position % columns) * cell_width + gap // 2
+        mosaic[top : top + size, left : left + size] = np.asarray(image).reshape(size, size)
+        axis.text(left + size / 2, top - 1, text, fontsize=fontsize, ha="center", va="bottom")
+    axis.imshow(mosaic, cmap="gray_r", vmin=0, vmax=255, interpolation="nearest", aspect="auto")
+    axis.axis("off")
+    if not len(captions):
+        axis.text(gap, cell_height / 2, empty, fontsize=fontsize + 2, va="center")
 
 
 def most_confident_mistakes(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
