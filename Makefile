@@ -70,7 +70,7 @@ submit: .venv ## Upload a submission to Kaggle and print its score (FILE, defaul
 submissions: .venv ## List your past submissions to the competition, with their scores
 	$(DIGITS) submissions --competition '$(COMPETITION)'
 
-bench: .venv ## Benchmark training/prediction speed vs plain model.fit on the full data (4-10 min; BFLOAT16=1) -> runs/bench/
+bench: .venv ## Speed of training/prediction vs plain model.fit, full data (4-10 min; BFLOAT16=1) -> runs/bench/
 	$(BIN)/python -m digits.bench $(if $(filter 1 yes true,$(BFLOAT16)),--bfloat16)
 
 predict: .venv ## Top-3 digits for your own pictures, with a <name>.prepared.png beside each (IMAGE=files-or-folder, RUN)

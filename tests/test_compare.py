@@ -377,10 +377,12 @@ def test_pooled_pairs_can_name_a_winner_that_no_single_pair_can(sample_dir, samp
 def test_compare_pairs_the_last_epochs_holdout_predictions_apart_from_the_best_epochs(
     sample_dir, sample_labels, tmp_path
 ):
+    """The last epochs' fold ensemble is compared from holdout_last_epoch_probs.npy, not from the best epochs'
+    files; TTA, which neither run measured, gets a note."""
     runs_dir = tmp_path / "runs"
     # best epochs: a wrong on holdout row 160, b on none; last epochs: a wrong on 170 and 171, b on 180
     hand_built_run(runs_dir, "a", sample_dir, wrong_in(sample_labels, [160]), wrong_in(sample_labels, [170, 171]))
-    hand_built_run(runs_dir, "b", sample_dir, {}, wrong_in(sample_labels, [180]), epochs="30")
+    hand_built_run(runs_dir, "b", sample_dir, {}, wrong_in(sample_labels, [180]))
 
     result = compare_runs([runs_dir / "a", runs_dir / "b"], log=lambda _: None)[0]
 
@@ -600,8 +602,8 @@ def test_compare_says_which_holdout_figures_it_could_not_compare(runs, tmp_path)
     assert "holdout, fold ensemble (600 rows)" in text_older and "holdout, with TTA (600 rows)" in text_older
     assert "holdout, last epochs' fold ensemble (" not in text_older
     assert (
-        "holdout, last epochs' fold ensemble not compared: older saved no last-epoch holdout predictions (trained by "
-        "an older version)" in text_older
+        "holdout, last epochs' fold ensemble not compared: older lacks a fold's holdout_last_epoch_probs.npy "
+        "(trained by an older version)" in text_older
     )
     assert "holdout, " not in text_old
     assert "holdout not compared: old lacks a fold's holdout_probs.npy" in text_old

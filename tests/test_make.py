@@ -204,12 +204,14 @@ def test_bench_refuses_fewer_than_two_epochs_before_loading_anything(tmp_path, c
 @pytest.mark.slow
 def test_bench_runs_and_writes_its_json(tmp_path, sample_dir):
     """A miniature `make bench` (the real one needs the full data): every figure present and positive.
-    bfloat16 prediction is timed as this CPU decides (only with native bfloat16); the other choice is timed on a
-    tiny model after it, so that both kinds of record are checked on any CPU."""
+    bfloat16 prediction is timed as this CPU decides (unless it lacks native bfloat16); the other choice is made
+    on a tiny model after it, so that both kinds of record are checked on any CPU."""
+    import keras
+
     from digits import bench, data, models
 
     results = bench.run_benchmark(sample_dir, tmp_path / "bench", train_images=1024, epochs=2, log=lambda _: None)
-    timed_bfloat16 = bench.native_bfloat16(bench.cpu_info()) is not False
+    skipped = bench.NO_NATIVE_BFLOAT16 if bench.native_bfloat16(bench.cpu_info()) is False else None
     saved = json.loads(Path(results["path"]).read_text())
     for name in ("ours", "plain"):  # the steady speed: the training seconds of epoch 2, without its validation
         train_seconds = saved["accuracy"][name]["train_seconds_per_epoch"]
@@ -221,45 +223,56 @@ def test_bench_runs_and_writes_its_json(tmp_path, sample_dir):
         saved["throughput"]["ours_images_per_second"] / saved["throughput"]["plain_images_per_second"], rel=1e-2
     )
     assert saved["throughput"]["ceiling_images_per_second"] > 0
-    prediction = saved["prediction"]
-    assert prediction["test_images"] == 1000
-    _check_prediction(prediction, 1000, timed_bfloat16)
+    _check_prediction(saved["prediction"], 1000, skipped)
     assert 0 <= saved["accuracy"]["ours"]["val_accuracy"] <= 1 and saved["peak_rss_mb"] > 0
     assert saved["cpu"] == bench.cpu_info() and saved["cores"] >= 1
     table = bench.format_table(results)
     assert table.splitlines()[0] == bench.describe_cpu(saved["cpu"], saved["cores"])
-    assert "speed-up in training images/s:" in table and str(results["path"]) in table
+    assert "speed-up in training images/s:" in table and table.endswith(f"; written to {results['path']}")
+    assert f"{bench.format_table(saved)}; written to {results['path']}" == table  # a bench file read back prints
     before = {key: value for key, value in results.items() if key not in ("cpu", "cores")}  # a bench of session 9
     assert bench.format_table(before).splitlines()[1:] == table.splitlines()[2:]
-    _check_table_prediction(table, timed_bfloat16)
+    _check_table_prediction(table, skipped)
 
+    keras.utils.set_random_seed(0)
+    other_skipped = bench.NOT_REQUESTED if skipped is None else None
     other = bench._prediction_speed(
-        models.build_model("tiny"), data.load_test(sample_dir / "test.csv")[:300], print, not timed_bfloat16
+        models.build_model("tiny"), data.load_test(sample_dir / "test.csv")[:300], lambda _: None, other_skipped
     )
-    _check_prediction(other, 300, not timed_bfloat16)
-    _check_table_prediction(bench.format_table({**results, "prediction": other}), not timed_bfloat16)
+    _check_prediction(other, 300, other_skipped, trained=False)
+    _check_table_prediction(bench.format_table({**results, "prediction": other}), other_skipped)
 
 
-def _check_prediction(prediction: dict, images: int, timed_bfloat16: bool) -> None:
+def _check_prediction(prediction: dict, images: int, skipped: str | None, trained: bool = True) -> None:
     from digits import bench
 
     assert prediction["test_images"] == images
-    for key in ("plain", "float32", "bfloat16") if timed_bfloat16 else ("plain", "float32"):
+    for key in ("plain", "float32", "bfloat16") if skipped is None else ("plain", "float32"):
         assert prediction[key]["images_per_second"] > 0
         expected = 5 * images / prediction[key]["images_per_second"]
         assert prediction[key]["five_fold_ensemble_seconds"] == pytest.approx(expected, rel=0.01, abs=0.01)
     assert prediction["float32_max_abs_difference_from_plain"] < 1e-4  # folding batch norm is exact
-    if timed_bfloat16:
-        assert 0.8 <= prediction["bfloat16_same_digit_as_float32"] <= 1  # a barely trained model has near-ties
+    if skipped is None:
+        # a barely trained model has near-ties, an untrained one may have nothing else
+        assert (0.8 if trained else 0) <= prediction["bfloat16_same_digit_as_float32"] <= 1
     else:
-        assert prediction["bfloat16"] == {"skipped": bench.BFLOAT16_SKIPPED}
+        why = {"why": bench.NO_NATIVE_BFLOAT16_WHY} if skipped == bench.NO_NATIVE_BFLOAT16 else {}
+        assert prediction["bfloat16"] == {"skipped": skipped, **why}
         assert "bfloat16_same_digit_as_float32" not in prediction
 
 
-def _check_table_prediction(table: str, timed_bfloat16: bool) -> None:
+def _check_table_prediction(table: str, skipped: str | None) -> None:
     bf16_line = next(line for line in table.splitlines() if line.strip().startswith("ours, bfloat16"))
-    if timed_bfloat16:
+    if skipped is None:
         assert bf16_line.strip().endswith("images/s)") and "predicts the same digit as float32" in table
     else:
-        assert "not timed: this CPU has no native bfloat16" in bf16_line and "BFLOAT16=1" in bf16_line
+        assert bf16_line.split(maxsplit=2)[2].strip() == skipped and len(bf16_line) <= 120
         assert "predicts the same digit" not in table
+
+
+def test_make_bench_passes_bfloat16_only_when_asked():
+    for variables, expected in (((), False), (("BFLOAT16=1",), True), (("BFLOAT16=0",), False)):
+        dry = make("-n", "bench", *variables)
+        assert dry.returncode == 0, dry.stderr
+        line = next(line for line in dry.stdout.splitlines() if "-m digits.bench" in line)
+        assert line.endswith("--bfloat16") == expected, line

@@ -169,3 +169,18 @@ def test_errors_picture_draws_each_mistake_in_its_cell_and_nothing_when_there_is
     assert 85 <= rows <= 100 and 85 <= columns <= 100
     assert len(square) >= 0.95 * rows * columns  # filled: the digit's pixels, not text
     assert len(none) < len(dark) / 10  # text only: the title and "no misclassified digits"
+
+
+def test_draw_digits_refuses_what_it_cannot_lay_out():
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots()
+    try:
+        with pytest.raises(ValueError, match="3 digits do not fit in 1 x 2 cells"):
+            report.draw_digits(axis, np.zeros((3, 28, 28)), ["a", "b", "c"], columns=2, rows=1, empty="none")
+        with pytest.raises(ValueError, match=r"one 28x28 image per caption, got images of shape \(2, 32, 32\)"):
+            report.draw_digits(axis, np.zeros((2, 32, 32)), ["a", "b"], columns=2, rows=1, empty="none")
+        report.draw_digits(axis, np.zeros((0, 28, 28)), [], columns=2, rows=1, empty="none")  # nothing to draw
+        assert [text.get_text() for text in axis.texts] == ["none"]
+    finally:
+        plt.close(figure)

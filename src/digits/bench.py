@@ -13,9 +13,10 @@ Out: `runs/bench/<date>.json` and a table on the terminal with, for the default 
   - validation accuracy of both after those epochs (no loss of accuracy), and the time ours takes to
     reach `--target` validation accuracy;
   - prediction images/s and the time a 5-fold ensemble takes to predict all of test.csv: plain
-    `model.predict`, ours in float32 (batch norm folded into the convs) and ours in bfloat16 (only on a CPU with
-    native bfloat16, AVX512-BF16 or AMX, unless `--bfloat16`: elsewhere it is emulated and about 1.8x slower
-    than float32, so timing it would only add half a minute to every bench);
+    `model.predict`, ours in float32 (batch norm folded into the convs) and ours in bfloat16. bfloat16 is timed
+    on a CPU with native bfloat16 (AVX512-BF16 or AMX) or unknown instruction sets, and with `--bfloat16`; on
+    other CPUs it is emulated and about 1.8x slower than float32, and timing it would add half a minute for
+    nothing;
   - peak resident memory, and the CPU with the instruction sets that decide these speeds (AVX-512 trains this
     model about 3x faster than AVX2 alone; bfloat16 pays only with native AVX512-BF16 or AMX).
 Speeds on a shared machine vary from run to run: compare the ratio measured within one run.
@@ -174,17 +175,20 @@ def _ceiling_images_per_second(model, x: np.ndarray, y: np.ndarray, batch: int, 
     return steps * batch / (time.perf_counter() - started)
 
 
-# what the JSON and the table say when bfloat16 prediction is not timed
-BFLOAT16_SKIPPED = (
-    "not timed: this CPU has no native bfloat16 (AVX512-BF16 or AMX), so it is emulated and slower than float32 "
-    "(102.5 s against 54.0 s on an AVX2 CPU); `make bench BFLOAT16=1` times it anyway"
+# Why bfloat16 prediction was not timed, as the JSON and the table say it.
+NO_NATIVE_BFLOAT16 = "not timed: this CPU lacks native bfloat16 (--bfloat16, or BFLOAT16=1 in make)"
+NO_NATIVE_BFLOAT16_WHY = (
+    "without AVX512-BF16 or AMX, bfloat16 is emulated: a 5-fold ensemble took 102.5 s to predict the 28,000 test "
+    "digits in bfloat16 against 54.0 s in float32 on an AVX2 CPU (session 11)"
 )
+NOT_REQUESTED = "not timed: not requested (run_benchmark(bfloat16=False))"
 
 
-def _prediction_speed(model, test: np.ndarray, log, bfloat16: bool = True) -> dict:
+def _prediction_speed(model, test: np.ndarray, log, bfloat16_skipped: str | None = None) -> dict:
     """3. Prediction of the whole test set by one trained model: the plain `model.predict` on a float32
     array (Keras' default batch of 32) against ours (`train.predict`: batch 1024, batch norms folded),
-    in float32 and, if `bfloat16`, in bfloat16, with how often bfloat16 changes the predicted digit."""
+    in float32 and in bfloat16 (unless `bfloat16_skipped` says why not), with how often bfloat16 changes the
+    predicted digit."""
     from digits.train import predict
 
     def timed(run) -> tuple[float, np.ndarray]:
@@ -196,7 +200,7 @@ def _prediction_speed(model, test: np.ndarray, log, bfloat16: bool = True) -> di
     plain_seconds, plain_probs = timed(lambda x: model.predict(x.astype(np.float32), verbose=0))
     fp32_seconds, fp32_probs = timed(lambda x: predict(model, x))
     timings = [("plain", plain_seconds), ("float32", fp32_seconds)]
-    if bfloat16:
+    if bfloat16_skipped is None:
         bf16_seconds, bf16_probs = timed(lambda x: predict(model, x, precision="bfloat16"))
         timings.append(("bfloat16", bf16_seconds))
     result: dict = {"test_images": int(len(test))}
@@ -207,12 +211,14 @@ def _prediction_speed(model, test: np.ndarray, log, bfloat16: bool = True) -> di
         }
         log(f"  prediction, {key}: {len(test) / seconds:,.0f} images/s")
     result["float32_max_abs_difference_from_plain"] = float(np.abs(fp32_probs - plain_probs).max())
-    if bfloat16:
+    if bfloat16_skipped is None:
         same = float((bf16_probs.argmax(1) == fp32_probs.argmax(1)).mean())
         result["bfloat16_same_digit_as_float32"] = round(same, 6)
     else:
-        result["bfloat16"] = {"skipped": BFLOAT16_SKIPPED}
-        log(f"  prediction, bfloat16: {BFLOAT16_SKIPPED}")
+        result["bfloat16"] = {"skipped": bfloat16_skipped}
+        if bfloat16_skipped == NO_NATIVE_BFLOAT16:
+            result["bfloat16"]["why"] = NO_NATIVE_BFLOAT16_WHY
+        log(f"  prediction, bfloat16: {bfloat16_skipped}")
     return result
 
 
@@ -244,7 +250,9 @@ def run_benchmark(
     one_hot = np.eye(10, dtype=np.float32)
     cpu = cpu_info()
     if bfloat16 is None:
-        bfloat16 = native_bfloat16(cpu) is not False
+        bfloat16_skipped = NO_NATIVE_BFLOAT16 if native_bfloat16(cpu) is False else None
+    else:
+        bfloat16_skipped = None if bfloat16 else NOT_REQUESTED
     results: dict = {
         "date": dt.datetime.now().isoformat(timespec="seconds"),
         "host": platform.node(),
@@ -306,7 +314,7 @@ def run_benchmark(
             f"{timer.records[-1][0]:.0f} s"
         )
         if name == "ours":
-            results["prediction"] = _prediction_speed(model, test, log, bfloat16)
+            results["prediction"] = _prediction_speed(model, test, log, bfloat16_skipped)
             # 2. The ceiling, on the trained model (the step costs the same whatever the weights).
             speed["ceiling"] = _ceiling_images_per_second(model, x_plain, y_plain, cfg.batch)
             log(f"  ceiling (the train step alone, batches in memory): {speed['ceiling']:,.0f} images/s")
@@ -378,7 +386,9 @@ def format_table(results: dict) -> str:
             f"  bfloat16 predicts the same digit as float32 for {100 * p['bfloat16_same_digit_as_float32']:.3f}% "
             "of them"
         )
-    lines.append(f"peak RSS {results['peak_rss_mb']:.0f} MB; written to {results['path']}")
+    lines.append(
+        f"peak RSS {results['peak_rss_mb']:.0f} MB" + (f"; written to {results['path']}" if "path" in results else "")
+    )
     return "\n".join(lines)
 
 

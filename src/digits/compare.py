@@ -8,8 +8,8 @@ likely a split at least that uneven would be if both runs were equally good (a f
 Each run after the first is compared with the first, on
 - the out-of-fold rows both runs have (every row of train.csv outside either run's holdout; one model per row);
 - the holdout, when both runs held out the same rows: the fold ensemble, with TTA when both measured it, and the
-  ensemble of the folds' last-epoch models when both saved their predictions (runs trained since session 8): the
-  best-epoch checkpoint is chosen on the fold's own validation rows, the last epoch is chosen by nothing.
+  ensemble of the folds' last-epoch models when both saved their predictions (`holdout_last_epoch_probs.npy`):
+  the best-epoch checkpoint is chosen on the fold's own validation rows, the last epoch is chosen by nothing.
 Nothing here trains or predicts: it reads the runs' oof.csv, folds.csv and holdout files. It lists the rows
 that only one run gets wrong when they are few; with `OUT=<folder>` it also writes every figure to
 `compare.json` and draws those digits, one picture per pair of runs, so a user can see what a change fixed and
@@ -49,7 +49,7 @@ HOLDOUT_KINDS = {
 # Why a run can lack a holdout kind other than the fold ensemble, and what to do about it.
 HOLDOUT_KIND_MISSING = {
     "with TTA": "not measured for {runs} (`make submission RUN=<run> TTA=1` measures it)",
-    "last epochs' fold ensemble": "{runs} saved no last-epoch holdout predictions (trained by an older version)",
+    "last epochs' fold ensemble": "{runs} {lacks} a fold's holdout_last_epoch_probs.npy (trained by an older version)",
 }
 # A split of the disagreeing rows this unlikely under "equally good" counts as a difference.
 SIGNIFICANCE = 0.05
@@ -191,7 +191,8 @@ def load(run_dir: Path) -> Run:
 
 def _holdout_probs(run_dir: Path, fold_count: int, file_name: str, rows: int) -> np.ndarray | None:
     """The mean of the fold models' holdout probabilities, or None if some fold lacks that file (TTA is
-    measured only by newer runs or `make submission TTA=1`)."""
+    measured only by newer runs or `make submission TTA=1`; the last epochs' predictions are saved by newer
+    runs only)."""
     paths_ = [run_dir / f"fold_{k}" / file_name for k in range(fold_count)]
     if not all(path.is_file() for path in paths_):
         return None
@@ -250,7 +251,10 @@ def compare_pair(a: Run, b: Run) -> dict:
         else:
             for what in HOLDOUT_KINDS:
                 if lacking[what]:  # TTA or the last epochs here
-                    reason = HOLDOUT_KIND_MISSING[what].format(runs=" and ".join(lacking[what]))
+                    names = lacking[what]
+                    reason = HOLDOUT_KIND_MISSING[what].format(
+                        runs=" and ".join(names), lacks="lacks" if len(names) == 1 else "lack"
+                    )
                     notes.append(f"holdout, {what} not compared: {reason}")
                 else:
                     comparisons.append(
@@ -493,7 +497,7 @@ def plot_disputed(result: dict, images: dict[int, np.ndarray], path: Path) -> No
     grid_rows = [max(1, -(-len(digits) // columns)) for _, digits in sections]
     heights = [rows + 0.45 for rows in grid_rows]  # a digit row is about an inch, plus the section's title
     height = max(sum(heights), 1.0)
-    figure = plt.figure(figsize=(columns * 0.75, height))
+    figure = plt.figure(figsize=(columns * 0.8, height))  # square pixels: 0.8 inch per 32-pixel cell, 1 per 40
     subfigures = np.atleast_1d(figure.subfigures(len(sections), 1, height_ratios=heights))
     for subfigure, rows, (title, digits) in zip(subfigures, grid_rows, sections, strict=True):
         axis = subfigure.add_axes((0, 0, 1, rows / (rows + 0.45)))

@@ -178,10 +178,15 @@ def plot_errors(
 def draw_digits(
     axis, images: np.ndarray, captions: list[str], columns: int, rows: int, empty: str, fontsize: float = 6.5
 ) -> None:
-    """Draw 28x28 digits row by row into a grid of `columns` x `rows` cells on one axes, each cell with its
-    caption above the digit (`empty` is written instead when there are none). One axes and one image draw about
-    6x faster than an axes per digit, which matters for every fold's errors.png."""
+    """Draw digits (n x 28 x 28, or n x 28 x 28 x 1; pixels 0-255) row by row into a grid of `columns` x `rows`
+    cells on one axes, each cell with its caption above the digit (`empty` is written instead when there are
+    none). One axes and one image draw about 6x faster than an axes per digit, which matters for every fold's
+    errors.png. A cell is 32 x 40 pixels of the digits: give the axes that aspect for square pixels."""
     size, gap, caption = 28, 4, 12  # in pixels of the digits
+    if len(captions) > rows * columns:
+        raise ValueError(f"{len(captions)} digits do not fit in {rows} x {columns} cells")
+    if len(images) != len(captions) or np.shape(images)[1:3] not in ((size, size), ()):
+        raise ValueError(f"need one 28x28 image per caption, got images of shape {np.shape(images)}")
     cell_width, cell_height = size + gap, size + caption
     mosaic = np.zeros((rows * cell_height, columns * cell_width), dtype=np.float32)
     for position, (image, text) in enumerate(zip(images, captions, strict=True)):
