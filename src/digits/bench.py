@@ -179,7 +179,7 @@ def _ceiling_images_per_second(model, x: np.ndarray, y: np.ndarray, batch: int, 
 NO_NATIVE_BFLOAT16 = "not timed: this CPU lacks native bfloat16 (--bfloat16, or BFLOAT16=1 in make)"
 NO_NATIVE_BFLOAT16_WHY = (
     "without AVX512-BF16 or AMX, bfloat16 is emulated: a 5-fold ensemble took 102.5 s to predict the 28,000 test "
-    "digits in bfloat16 against 54.0 s in float32 on an AVX2 CPU (session 11)"
+    "digits in bfloat16 against 54.0 s in float32 on an AVX2 CPU (sessions 10 and 11)"
 )
 NOT_REQUESTED = "not timed: not requested (run_benchmark(bfloat16=False))"
 
