@@ -42,9 +42,9 @@ from digits.submission import load_holdout_probs
 
 # What each holdout comparison reads from every fold folder.
 HOLDOUT_KINDS = {
-    "fold ensemble": "holdout_probs.npy",
-    "with TTA": "holdout_tta_probs.npy",
-    "last epochs' fold ensemble": "holdout_last_epoch_probs.npy",
+    "fold ensemble": paths.HOLDOUT_PROBS,
+    "with TTA": paths.HOLDOUT_TTA_PROBS,
+    "last epochs' fold ensemble": paths.HOLDOUT_LAST_EPOCH_PROBS,
 }
 # Why a run can lack a holdout kind other than the fold ensemble, and what to do about it.
 HOLDOUT_KIND_MISSING = {

@@ -21,3 +21,9 @@ SUBMISSIONS_DIR = ROOT / "submissions"
 COMPETITION = "digit-recognizer"
 ZIP_NAME = f"{COMPETITION}.zip"
 CSV_NAMES = ("train.csv", "test.csv", "sample_submission.csv")
+
+# Each fold folder's predictions of the run's holdout rows: the fold's model (its best epoch), the same with TTA,
+# and its last epoch's weights. Older runs lack the last two.
+HOLDOUT_PROBS = "holdout_probs.npy"
+HOLDOUT_TTA_PROBS = "holdout_tta_probs.npy"
+HOLDOUT_LAST_EPOCH_PROBS = "holdout_last_epoch_probs.npy"

@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from sklearn.metrics import confusion_matrix, log_loss, precision_recall_fscore_support  # noqa: E402
 
-from digits import data, fileio, folds  # noqa: E402
+from digits import data, fileio, folds, paths  # noqa: E402
 
 CLASSES = list(range(data.NUM_CLASSES))
 ERROR_GRID = 36  # misclassified digits shown per fold
@@ -392,9 +392,9 @@ def read_run_report(run_dir: Path) -> dict:
 # (the fold's model), with TTA (measured at the end of every fold, or by `make submission TTA=1`), and the last
 # epoch's (saved since session 8, so older runs lack it).
 HOLDOUT_FILES = (
-    ("", "holdout_probs.npy"),
-    ("tta_", "holdout_tta_probs.npy"),
-    ("last_epoch_", "holdout_last_epoch_probs.npy"),
+    ("", paths.HOLDOUT_PROBS),
+    ("tta_", paths.HOLDOUT_TTA_PROBS),
+    ("last_epoch_", paths.HOLDOUT_LAST_EPOCH_PROBS),
 )
 
 
@@ -446,7 +446,7 @@ def plot_holdout_errors(
 ) -> None:
     """holdout_errors.png: the holdout digits the fold ensemble gets wrong, each with how many fold models
     get it wrong alone (e.g. `5/5`)."""
-    fold_probs = [np.load(run_dir / f"fold_{k}" / "holdout_probs.npy") for k in range(fold_count)]
+    fold_probs = [np.load(run_dir / f"fold_{k}" / paths.HOLDOUT_PROBS) for k in range(fold_count)]
     folds_wrong = _folds_wrong(fold_probs, labels)
     plot_errors(
         images,

@@ -247,11 +247,11 @@ def _tta_predictions(
         plain_oof = oof.loc[mask, [f"prob_{c}" for c in range(data.NUM_CLASSES)]].to_numpy(np.float32)
         oof_probs[mask] = tta_probs(model, train.images[rows], plain=plain_oof)
         test_probs.append(tta_probs(model, test, plain=np.load(fold_dir / "test_probs.npy")))
-        if holdout_rows.size and not (fold_dir / "holdout_tta_probs.npy").is_file():
+        if holdout_rows.size and not (fold_dir / paths.HOLDOUT_TTA_PROBS).is_file():
             # Runs trained before TTA was measured on the holdout: measure it now, once.
-            holdout_plain = np.load(fold_dir / "holdout_probs.npy")
+            holdout_plain = np.load(fold_dir / paths.HOLDOUT_PROBS)
             fileio.write_npy(
-                fold_dir / "holdout_tta_probs.npy", tta_probs(model, train.images[holdout_rows], plain=holdout_plain)
+                fold_dir / paths.HOLDOUT_TTA_PROBS, tta_probs(model, train.images[holdout_rows], plain=holdout_plain)
             )
         log(f"TTA: fold {fold} done ({time.perf_counter() - started:.0f} s)")
         keras.utils.clear_session()
@@ -421,7 +421,7 @@ def ensemble_holdout(runs: Sequence[RunPredictions], weights: Sequence[float]) -
     for run in runs:
         fold_probs = []
         for k in range(len(run.fold_test_probs)):
-            path = run.run_dir / f"fold_{k}" / "holdout_probs.npy"
+            path = run.run_dir / f"fold_{k}" / paths.HOLDOUT_PROBS
             if not path.is_file():
                 raise SubmissionError(
                     f"{path} is missing, so the ensemble's holdout accuracy cannot be measured: that fold was "

@@ -442,9 +442,9 @@ def train_fold(
     fileio.write_npy(fold_dir / "oof.npy", oof)
     fileio.write_npy(fold_dir / "test_probs.npy", test_probs)
     if holdout_probs is not None:
-        fileio.write_npy(fold_dir / "holdout_probs.npy", holdout_probs)
-        fileio.write_npy(fold_dir / "holdout_tta_probs.npy", holdout_tta_probs)
-        fileio.write_npy(fold_dir / "holdout_last_epoch_probs.npy", holdout_last_probs)
+        fileio.write_npy(fold_dir / paths.HOLDOUT_PROBS, holdout_probs)
+        fileio.write_npy(fold_dir / paths.HOLDOUT_TTA_PROBS, holdout_tta_probs)
+        fileio.write_npy(fold_dir / paths.HOLDOUT_LAST_EPOCH_PROBS, holdout_last_probs)
 
     history = state["history"]
     fold_report = report.fold_report(
