@@ -603,7 +603,8 @@ def test_compare_says_which_holdout_figures_it_could_not_compare(runs, tmp_path)
     assert "holdout, last epochs' fold ensemble (" not in text_older
     assert (
         "holdout, last epochs' fold ensemble not compared: older lacks a fold's holdout_last_epoch_probs.npy "
-        "(trained by an older version)" in text_older
+        "(trained by an older version); retrain with the same settings under a new RUN=<name> to compare the last "
+        "epochs" in text_older
     )
     assert "holdout, " not in text_old
     assert "holdout not compared: old lacks a fold's holdout_probs.npy" in text_old

@@ -49,7 +49,10 @@ HOLDOUT_KINDS = {
 # Why a run can lack a holdout kind other than the fold ensemble, and what to do about it.
 HOLDOUT_KIND_MISSING = {
     "with TTA": "not measured for {runs} (`make submission RUN=<run> TTA=1` measures it)",
-    "last epochs' fold ensemble": "{runs} {lacks} a fold's holdout_last_epoch_probs.npy (trained by an older version)",
+    "last epochs' fold ensemble": (
+        "{runs} {lacks} a fold's holdout_last_epoch_probs.npy (trained by an older version); retrain with the same "
+        "settings under a new RUN=<name> to compare the last epochs"
+    ),
 }
 # A split of the disagreeing rows this unlikely under "equally good" counts as a difference.
 SIGNIFICANCE = 0.05
