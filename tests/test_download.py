@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import base64
 import http.client
+import json
 import os
 import socket
 import subprocess
 import sys
 import zipfile
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -55,6 +57,23 @@ def write_kaggle_json(env: dict[str, str], server: KaggleStandIn, mode: int = 0o
     config.write_text(f'{{"username": "{server.username}", "key": "{server.key}"}}')
     config.chmod(mode)
     return config
+
+
+def write_oauth_login(env: dict[str, str], server: KaggleStandIn) -> Path:
+    """What `kaggle auth login` saves in ~/.kaggle/credentials.json: a refresh token and a current access token."""
+    path = Path(env["HOME"]) / ".kaggle" / "credentials.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    expires = datetime.now(UTC) + timedelta(hours=12)
+    login = {
+        "refresh_token": "refresh-" + server.key,
+        "access_token": server.token,
+        "access_token_expiration": expires.isoformat(),
+        "username": server.username,
+        "scopes": [],
+    }
+    path.write_text(json.dumps(login))
+    path.chmod(0o600)
+    return path
 
 
 def sample_members(sample_zip: Path) -> dict[str, bytes]:
@@ -122,15 +141,18 @@ def stored_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # --- from the Kaggle API ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("credentials", ["key pair", "token", "kaggle.json"])
+@pytest.mark.parametrize("credentials", ["key pair", "token", "kaggle.json", "kaggle auth login"])
 def test_download_installs_the_verified_csvs(kaggle_server, kaggle_env, sample_zip, tmp_path, credentials):
     if credentials == "key pair":
         env = with_key(kaggle_env, kaggle_server)
     elif credentials == "token":
         env = with_token(kaggle_env, kaggle_server)
-    else:
+    elif credentials == "kaggle.json":
         env = kaggle_env
         write_kaggle_json(env, kaggle_server)
+    else:  # the client's recommended way; refused as "not found" before session 13
+        env = kaggle_env
+        write_oauth_login(env, kaggle_server)
     dest = tmp_path / "raw"
 
     result = run_download(env, "--dest", dest)
@@ -143,7 +165,7 @@ def test_download_installs_the_verified_csvs(kaggle_server, kaggle_env, sample_z
     calls = kaggle_server.api_calls("DownloadDataFiles")
     assert len(calls) == 1 and calls[0].json() == {"competitionName": "digit-recognizer"}
     assert len(kaggle_server.data_requests()) == 1
-    scheme = "Bearer" if credentials == "token" else "Basic"
+    scheme = "Bearer" if credentials in ("token", "kaggle auth login") else "Basic"
     assert calls[0].headers["Authorization"].startswith(scheme + " ")
     assert bool(kaggle_server.api_calls("IntrospectToken")) == (credentials == "token")
 
@@ -163,6 +185,42 @@ def test_rerun_is_idempotent_and_makes_no_request(kaggle_server, kaggle_env, sam
     assert snapshot(dest) == before
 
 
+@pytest.mark.parametrize("damage", ["deleted", "truncated"])
+def test_a_lost_csv_comes_back_from_the_kept_zip_offline(kaggle_server, kaggle_env, sample_zip, tmp_path, damage):
+    dest = tmp_path / "raw"
+    assert run_download(with_key(kaggle_env, kaggle_server), "--dest", dest).returncode == 0
+    if damage == "deleted":
+        (dest / "train.csv").unlink()
+    else:
+        (dest / "train.csv").write_bytes((dest / "train.csv").read_bytes()[:5000])
+    kaggle_server.reset_log()
+
+    result = run_download(kaggle_env, "--dest", dest)  # no credentials: the API is not needed
+
+    assert result.returncode == 0, result.stderr
+    assert (
+        f"extracted and verified train.csv, test.csv, sample_submission.csv from {dest / 'digit-recognizer.zip'}"
+        in (result.stdout)
+    )
+    assert_sample_installed(dest, sample_zip)
+    assert kaggle_server.requests == []
+
+
+def test_a_bad_kept_zip_is_fetched_again(kaggle_server, kaggle_env, sample_zip, tmp_path):
+    dest = tmp_path / "raw"
+    dest.mkdir()
+    (dest / "digit-recognizer.zip").write_bytes(b"<html>Sign in to Kaggle</html>\n" * 100)  # no CSVs beside it
+
+    result = run_download(with_key(kaggle_env, kaggle_server), "--dest", dest)
+
+    assert result.returncode == 0, result.stderr
+    assert f"{dest / 'digit-recognizer.zip'} cannot be used" in result.stdout
+    assert "not a valid zip file" in result.stdout and "fetching it again" in result.stdout
+    assert len(kaggle_server.api_calls("DownloadDataFiles")) == 1
+    assert_sample_installed(dest, sample_zip)
+    assert (dest / "digit-recognizer.zip").read_bytes() == sample_zip.read_bytes()
+
+
 def test_force_fetches_again(kaggle_server, kaggle_env, sample_zip, tmp_path):
     env = with_key(kaggle_env, kaggle_server)
     dest = tmp_path / "raw"
@@ -178,12 +236,20 @@ def test_force_fetches_again(kaggle_server, kaggle_env, sample_zip, tmp_path):
     assert_sample_installed(dest, sample_zip)
 
 
-def test_no_credentials_names_the_three_ways(kaggle_server, kaggle_env, tmp_path):
+def test_no_credentials_names_the_ways_to_give_them(kaggle_server, kaggle_env, tmp_path):
     dest = tmp_path / "raw"
 
     stderr = assert_user_error(run_download(kaggle_env, "--dest", dest))
 
-    for way in ("KAGGLE_API_TOKEN", "KAGGLE_USERNAME", "KAGGLE_KEY", "kaggle.json", kaggle_env["KAGGLE_CONFIG_DIR"]):
+    for way in (
+        ".venv/bin/kaggle auth login",
+        "~/.kaggle/credentials.json",
+        "KAGGLE_API_TOKEN",
+        "KAGGLE_USERNAME",
+        "KAGGLE_KEY",
+        "kaggle.json",
+        kaggle_env["KAGGLE_CONFIG_DIR"],
+    ):
         assert way in stderr
     assert "SOURCE=" in stderr  # the way around the API
     assert kaggle_server.requests == []
@@ -288,7 +354,7 @@ def test_corrupt_zip_is_refused(kaggle_server, kaggle_env, tmp_path):
     stderr = assert_user_error(run_download(with_key(kaggle_env, kaggle_server), "--dest", dest))
 
     assert f"{dest / 'digit-recognizer.zip'}: not a valid zip file" in stderr
-    assert "FORCE=1" in stderr
+    assert "Fetch it again: `make download FORCE=1`." in stderr
     assert_no_csvs(dest)
     assert not (dest / ".extract").exists()
 

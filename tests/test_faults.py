@@ -499,7 +499,10 @@ def test_download_refuses_a_bad_csv_and_leaves_dest_as_it_was(
         assert_refused(result, [f"{source}: missing {name}"], "SOURCE must be the competition zip or a folder")
     else:
         where = expected_where(case_id, small_set(sample), str(source / name))
-        assert_refused(result, [f"nothing was installed in {valid_dest}", where], CSV_CASES[case].hint)
+        # not FORCE=1 alone, which would copy the same bad file again
+        hint = "Fix the file, or download the competition zip and run `make download SOURCE="
+        assert_refused(result, [f"nothing was installed in {valid_dest}", where], hint)
+        assert FIX_HINT not in result.stderr
     assert snapshot(valid_dest, source) == before
     assert kaggle_server.requests == []
 
@@ -556,28 +559,31 @@ def test_download_refuses_a_bad_zip_and_leaves_dest_as_it_was(
     outside.mkdir()
     if case == "not-a-zip":
         source.write_bytes(b"<html>Sign in to Kaggle</html>\n" * 100)
-        where, hint = [f"{source}: not a valid zip file"], "rerun with FORCE=1"
+        where = [f"{source}: not a valid zip file"]
     elif case == "member-missing":
         del members["test.csv"]
         write_zip(source, members)
-        where, hint = [f"{source}: missing test.csv"], "Download it again with FORCE=1"
+        where = [f"{source}: missing test.csv"]
     elif case in ("dotdot-member", "absolute-member"):
         evil = "../outside/evil.csv" if case == "dotdot-member" else str(outside / "evil.csv")
         write_zip(source, {zipfile.ZipInfo(evil): b"label\n1\n", **members})
-        where, hint = [f"{source}: refusing member '{evil}'"], "download it again"
+        where = [f"{source}: refusing member '{evil}'"]
     elif case == "bomb-by-ratio":
         members["train.csv"] = sample["train.csv"].header + b"\n" + (b"0," * 784 + b"0\n") * 4000
         write_zip(source, members)
-        where, hint = [f"{source}: member 'train.csv' declares", "zip bomb"], "Download the archive again"
+        where = [f"{source}: member 'train.csv' declares", "zip bomb"]
     else:  # declares 1,000 bytes, inflates to 180 KB
         write_zip(source, members)
         declare_size(source, "train.csv", 1000)
-        where, hint = [f"{source}: member 'train.csv' is corrupt"], "Download the archive again"
+        where = [f"{source}: member 'train.csv' is corrupt"]
     before = snapshot(valid_dest, outside)
 
     result = digits_cli("download", "--source", source, "--dest", valid_dest, "--force", env=kaggle_env)
 
-    assert_refused(result, where, hint)
+    # The same advice for every bad zip given as SOURCE: FORCE=1 alone would read the same zip again.
+    hint = "Download the zip again (https://www.kaggle.com/competitions/digit-recognizer/data) and rerun "
+    message = assert_refused(result, where, hint + f"`make download SOURCE={source} FORCE=1`.")
+    assert "Fetch it again" not in message
     assert snapshot(valid_dest, outside) == before
     assert list(tmp_path.rglob("evil.csv")) == []
     assert kaggle_server.requests == []
@@ -793,6 +799,24 @@ def test_full_disk_is_a_clear_error_and_loses_nothing(request, sample, sample_di
     assert "File too large" in message  # EFBIG: what a full disk looks like here
     assert snapshot(*watched, ignore=(".lock",)) == before
     assert [hidden_temps(folder) for folder in watched] == [[] for _ in watched]
+
+
+def test_full_disk_during_a_kaggle_download_is_not_blamed_on_the_network(valid_dest, kaggle_server, kaggle_env):
+    """The official client's write of the zip fails with EFBIG: the disk-full message at once, not four retries
+    ending in "could not reach Kaggle"; the CSVs in place are untouched and what arrived is kept to resume."""
+    before = snapshot(valid_dest)
+    env = {**kaggle_env, "KAGGLE_USERNAME": kaggle_server.username, "KAGGLE_KEY": kaggle_server.key}
+    limit = 256 << 10  # the sample zip is 856 KB
+
+    result = digits_cli("download", "--dest", valid_dest, "--force", env=env, preexec_fn=limit_file_size(limit))
+
+    partial = valid_dest / ".download" / "digit-recognizer.zip"
+    message = assert_refused(result, [f"the disk is full while writing {partial}"], "Free some space and rerun")
+    assert "could not reach Kaggle" not in message and "retry" not in result.stdout
+    assert len(kaggle_server.api_calls("DownloadDataFiles")) == 1  # not retried
+    assert 0 < partial.stat().st_size <= limit  # kept: the next `make download` resumes from it
+    assert {k: v for k, v in snapshot(valid_dest).items() if ".download" not in k} == before
+    assert hidden_temps(valid_dest) == []
 
 
 # --- 2. faults: two trainings of the same run at once ------------------------------------------------------

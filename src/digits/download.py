@@ -27,17 +27,24 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from digits import data, paths
+from digits import data, fileio, paths
 
 RULES_URL = "https://www.kaggle.com/competitions/{competition}/rules"
 CREDENTIALS_HELP = (
-    "Kaggle credentials not found. Provide them in one of the three ways the official client accepts:\n"
-    "  1. an API token: export KAGGLE_API_TOKEN=<token> (Kaggle > Settings > API > Generate New Token)\n"
-    "  2. a legacy key pair: export KAGGLE_USERNAME=<user> KAGGLE_KEY=<key>\n"
-    '  3. a kaggle.json file ({{"username": ..., "key": ...}}) in {config_dir} (or the folder named by '
-    "KAGGLE_CONFIG_DIR), made private with chmod 600\n"
-    "Or skip the API: download the zip in a browser and run `make download SOURCE=path/to/{competition}.zip`."
+    "Kaggle credentials not found. Provide them in one of the ways the official client accepts:\n"
+    "  1. log in once in a browser: .venv/bin/kaggle auth login (it saves {oauth_file})\n"
+    "  2. an API token: export KAGGLE_API_TOKEN=<token> (Kaggle > Settings > API > Generate New Token)\n"
+    "  3. a legacy key pair: export KAGGLE_USERNAME=<user> KAGGLE_KEY=<key>\n"
+    '  4. a kaggle.json file ({{"username": ..., "key": ...}}) in {config_dir} (or the folder named by '
+    "KAGGLE_CONFIG_DIR), made private with chmod 600"
 )
+# What to do instead of using the API, by what the API was wanted for.
+WITHOUT_API = {
+    "download": "Or skip the API: download the zip in a browser and run `make download SOURCE=path/to/{competition}.zip`.",
+    "submit": "Or upload the file by hand at https://www.kaggle.com/competitions/{competition}/submissions.",
+}
+# Where `kaggle auth login` keeps its OAuth credentials (kagglesdk's KaggleCredentials.DEFAULT_CREDENTIALS_FILE).
+OAUTH_CREDENTIALS = Path("~/.kaggle/credentials.json")
 MAX_EXPANSION = 200  # CSV deflates ~10x; a member inflating beyond 200x its compressed size is refused
 MAX_MEMBER_BYTES = 2 * 1024**3
 
@@ -83,12 +90,22 @@ def download(
             raise DownloadError(
                 f"{source}: not found. SOURCE must be the competition zip or a folder holding its CSVs."
             )
-        zip_path = source
-    else:
-        if backoff is None:
-            backoff = _backoff_from_env()
-        zip_path = _fetch_with_kaggle(competition, dest, force=force, retries=retries, backoff=backoff, log=log)
-    return _install_from_zip(zip_path, dest, log)
+        again = (
+            f"Download the zip again (https://www.kaggle.com/competitions/{competition}/data) and rerun "
+            f"`make download SOURCE={source} FORCE=1`."
+        )
+        return _install_from_zip(source, dest, log, again)
+    if backoff is None:
+        backoff = _backoff_from_env()
+    again = "Fetch it again: `make download FORCE=1`."
+    kept_zip = dest / f"{competition}.zip"
+    if not force and kept_zip.is_file():  # a CSV went missing or bad, but the zip it came from is still here
+        try:
+            return _install_from_zip(kept_zip, dest, log, again)
+        except DownloadError as error:
+            log(f"{kept_zip} cannot be used ({error}); fetching it again.")
+    zip_path = _fetch_with_kaggle(competition, dest, force=force, retries=retries, backoff=backoff, log=log)
+    return _install_from_zip(zip_path, dest, log, again)
 
 
 def _backoff_from_env(default: float = 2.0) -> float:
@@ -127,6 +144,8 @@ def credentials_source() -> str | None:
     config = kaggle_config_dir() / "kaggle.json"
     if config.is_file():
         return str(config)
+    if OAUTH_CREDENTIALS.expanduser().is_file():  # `kaggle auth login`, the client's recommended way
+        return str(OAUTH_CREDENTIALS)
     return None
 
 
@@ -147,10 +166,14 @@ def warn_if_config_readable(log: Callable[[str], None]) -> None:
         log(f"warning: {config} is readable by other users; run `chmod 600 {config}`.")
 
 
-def kaggle_api():
-    """An authenticated official `KaggleApi`, or DownloadError naming the three ways to give credentials."""
+def kaggle_api(action: str = "download", competition: str = paths.COMPETITION):
+    """An authenticated official `KaggleApi`, or DownloadError naming the ways to give credentials and, for
+    `action` ("download" or "submit"), how to do without the API."""
+    without_api = WITHOUT_API[action].format(competition=competition)
     if credentials_source() is None:
-        raise DownloadError(CREDENTIALS_HELP.format(config_dir=kaggle_config_dir(), competition=paths.COMPETITION))
+        raise DownloadError(
+            CREDENTIALS_HELP.format(config_dir=kaggle_config_dir(), oauth_file=OAUTH_CREDENTIALS) + "\n" + without_api
+        )
     # Importing `kaggle` authenticates as a side effect and may print help text; keep that quiet, we
     # authenticate explicitly below and report failures ourselves.
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
@@ -171,12 +194,12 @@ def kaggle_api():
         # or the file holding them is unusable. Saying "not found" here would send the user the wrong way.
         raise DownloadError(
             f"Kaggle did not accept the credentials from {credentials_source()}: the token is revoked or expired (Kaggle "
-            f'reports it inactive), or kaggle.json is not valid JSON with "username" and "key". Create a new '
-            f"token at https://www.kaggle.com/settings (API section) and update them, or skip the API: "
-            f"download the zip in a browser and run `make download SOURCE=path/to/{paths.COMPETITION}.zip`."
+            f'reports it inactive), kaggle.json is not valid JSON with "username" and "key", or the login saved in '
+            f"{OAUTH_CREDENTIALS} has expired. Log in again (.venv/bin/kaggle auth login) or create a new token at "
+            f"https://www.kaggle.com/settings (API section) and update them. {without_api}"
         ) from None
     except requests.exceptions.RequestException as error:  # checking a token is a network call
-        raise DownloadError(explain_http_error(error, paths.COMPETITION, "check the credentials")) from None
+        raise DownloadError(explain_http_error(error, competition, "check the credentials")) from None
     return api
 
 
@@ -215,7 +238,7 @@ def _fetch_with_kaggle(
     import requests
 
     warn_if_config_readable(log)
-    api = kaggle_api()
+    api = kaggle_api("download", competition)
     staging = dest / ".download"
     staging.mkdir(parents=True, exist_ok=True)
     final_zip = dest / f"{competition}.zip"
@@ -235,6 +258,13 @@ def _fetch_with_kaggle(
                 raise DownloadError(explain_http_error(error, competition, "download the data")) from None
             last_error: Exception = error
         except (requests.exceptions.RequestException, OSError, ValueError) as error:
+            if (
+                isinstance(error, OSError)
+                and not isinstance(error, requests.exceptions.RequestException)
+                and error.errno in fileio.DISK_FULL_ERRNOS
+            ):
+                error.filename = error.filename or str(staging / f"{competition}.zip")  # write() names no file
+                raise  # our disk, not the network: retrying cannot help (the command says to free space)
             last_error = error
         if attempt > retries:
             raise DownloadError(
@@ -261,13 +291,14 @@ def _fetch_with_kaggle(
 # --- extraction and verification --------------------------------------------------------------
 
 
-def _install_from_zip(zip_path: Path, dest: Path, log: Callable[[str], None]) -> DownloadResult:
+def _install_from_zip(zip_path: Path, dest: Path, log: Callable[[str], None], again: str) -> DownloadResult:
+    """`again`: what the user does about a bad zip (fetch it again, or download it again by browser)."""
     staging = dest / ".extract"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        extract_safely(zip_path, staging)
-        result = _verify_and_move(staging, dest, log, origin=f"{zip_path.name}:")
+        extract_safely(zip_path, staging, again)
+        result = _verify_and_move(staging, dest, log, origin=f"{zip_path.name}:", again=again)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     log(f"extracted and verified {', '.join(paths.CSV_NAMES)} from {zip_path} into {dest}")
@@ -287,21 +318,25 @@ def _install_from_folder(source: Path, dest: Path, log: Callable[[str], None]) -
     try:
         for name in paths.CSV_NAMES:
             shutil.copyfile(source / name, staging / name)
-        result = _verify_and_move(staging, dest, log, origin=f"{source}/")
+        again = (
+            f"Fix the file, or download the competition zip and run `make download SOURCE=path/to/"
+            f"{paths.COMPETITION}.zip FORCE=1`."
+        )
+        result = _verify_and_move(staging, dest, log, origin=f"{source}/", again=again)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     log(f"copied and verified {', '.join(paths.CSV_NAMES)} from {source} into {dest}")
     return result
 
 
-def extract_safely(zip_path: Path, out_dir: Path) -> list[str]:
-    """Extract the competition CSVs from `zip_path` into `out_dir`, refusing unsafe archives."""
+def extract_safely(zip_path: Path, out_dir: Path, again: str) -> list[str]:
+    """Extract the competition CSVs from `zip_path` into `out_dir`, refusing unsafe archives; every refusal ends
+    with `again`, what to do about it."""
     try:
         archive = zipfile.ZipFile(zip_path)
     except (zipfile.BadZipFile, OSError) as error:
         raise DownloadError(
-            f"{zip_path}: not a valid zip file ({error}). The download is corrupt or incomplete: "
-            f"rerun with FORCE=1 (or download the zip again)."
+            f"{zip_path}: not a valid zip file ({error}). The download is corrupt or incomplete. {again}"
         ) from None
     with archive:
         members = archive.infolist()
@@ -310,26 +345,28 @@ def extract_safely(zip_path: Path, out_dir: Path) -> list[str]:
             if name.is_absolute() or ".." in name.parts or (name.parts and ":" in name.parts[0]):
                 raise DownloadError(
                     f"{zip_path}: refusing member '{member.filename}': absolute paths and '..' could write outside "
-                    f"{out_dir}. This is not the competition's archive; download it again."
+                    f"{out_dir}. This is not the competition's archive. {again}"
                 )
         by_name = {PurePosixPath(m.filename).name: m for m in members if not m.is_dir()}
         missing = [name for name in paths.CSV_NAMES if name not in by_name]
         if missing:
             raise DownloadError(
                 f"{zip_path}: missing {', '.join(missing)} (it holds {', '.join(sorted(by_name)) or 'nothing'}). "
-                f"Is this the '{paths.COMPETITION}' archive? Download it again with FORCE=1."
+                f"Is this the '{paths.COMPETITION}' archive? {again}"
             )
         for name in paths.CSV_NAMES:
-            _extract_member(archive, by_name[name], out_dir / name, zip_path)
+            _extract_member(archive, by_name[name], out_dir / name, zip_path, again)
     return list(paths.CSV_NAMES)
 
 
-def _extract_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, target: Path, zip_path: Path) -> None:
+def _extract_member(
+    archive: zipfile.ZipFile, member: zipfile.ZipInfo, target: Path, zip_path: Path, again: str
+) -> None:
     limit = min(MAX_MEMBER_BYTES, max(member.file_size, 1), max(member.compress_size, 1) * MAX_EXPANSION)
     if member.file_size > MAX_MEMBER_BYTES or member.file_size > max(member.compress_size, 1) * MAX_EXPANSION:
         raise DownloadError(
             f"{zip_path}: member '{member.filename}' declares {member.file_size:,} bytes from "
-            f"{member.compress_size:,} compressed: refused as a zip bomb. Download the archive again."
+            f"{member.compress_size:,} compressed: refused as a zip bomb. {again}"
         )
     written = 0
     try:
@@ -339,24 +376,24 @@ def _extract_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, target: P
                 if written > limit:
                     raise DownloadError(
                         f"{zip_path}: member '{member.filename}' inflates beyond its declared {member.file_size:,} "
-                        f"bytes: refused as a zip bomb. Download the archive again."
+                        f"bytes: refused as a zip bomb. {again}"
                     )
                 out.write(chunk)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError) as error:
         if isinstance(error, OSError) and not isinstance(error, zipfile.BadZipFile) and error.errno is not None:
             error.filename = error.filename or str(target)  # a failed write() names no file
             raise  # a real disk error (full disk, permissions): let it surface as is
-        raise DownloadError(
-            f"{zip_path}: member '{member.filename}' is corrupt ({error}). Download the archive again with FORCE=1."
-        ) from None
+        raise DownloadError(f"{zip_path}: member '{member.filename}' is corrupt ({error}). {again}") from None
 
 
-def _verify_and_move(staging: Path, dest: Path, log: Callable[[str], None], origin: str) -> DownloadResult:
+def _verify_and_move(staging: Path, dest: Path, log: Callable[[str], None], origin: str, again: str) -> DownloadResult:
     try:
         check = data.verify_folder(staging)
     except data.DataError as error:
-        # Name the file as the user knows it (inside their zip or folder), not our staging copy.
+        # Name the file as the user knows it (inside their zip or folder), not our staging copy, and say what
+        # to do about where it came from.
         message = str(error).replace(f"{staging}/", origin).replace(str(staging), origin)
+        message = message.replace(data.FIX_HINT, again)
         raise DownloadError(f"verification failed, nothing was installed in {dest}: {message}") from None
     for warning in check.warnings:
         log(f"warning: {warning}")
