@@ -87,6 +87,7 @@ class Submission:
     private_score: str = ""
     error_description: str = ""
     pending_lists: int = 0  # ListSubmissions shows it PENDING (no score) this many more times
+    unlisted_lists: int = 0  # ListSubmissions leaves it out this many more times
 
 
 @dataclass
@@ -108,6 +109,8 @@ class KaggleStandIn:
     submission_status: str = "COMPLETE"
     submission_error: str = ""
     pending_lists: int = 0
+    # How many ListSubmissions calls leave a new submission out, as a listing that lags the upload would.
+    listing_lag: int = 0
     submissions_allowed_per_day: int = 5
 
     def __post_init__(self) -> None:
@@ -380,6 +383,7 @@ class _Handler(BaseHTTPRequestHandler):
                 status=self.standin.submission_status,
                 error_description=self.standin.submission_error,
                 pending_lists=self.standin.pending_lists,
+                unlisted_lists=self.standin.listing_lag,
             )
             self.standin.submissions.append(submission)
         self._json(record, {"message": "Successfully submitted to Digit Recognizer", "ref": submission.ref})
@@ -389,9 +393,12 @@ class _Handler(BaseHTTPRequestHandler):
             return
         with self.standin._lock:
             newest_first = sorted(self.standin.submissions, key=lambda s: s.ref, reverse=True)
-            listed = [_submission_json(s, user) for s in newest_first]
+            listed = [_submission_json(s, user) for s in newest_first if s.unlisted_lists == 0]
             for submission in newest_first:
-                submission.pending_lists = max(submission.pending_lists - 1, 0)
+                if submission.unlisted_lists:
+                    submission.unlisted_lists -= 1
+                else:
+                    submission.pending_lists = max(submission.pending_lists - 1, 0)
         self._json(record, {"submissions": listed, "nextPageToken": ""})
 
     def _api_GetSubmission(self, record: RecordedRequest, payload: dict, user: str) -> None:

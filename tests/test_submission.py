@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from datetime import datetime
 from pathlib import Path
 
@@ -260,6 +261,7 @@ def test_choose_weights_of_equal_models_is_even():
         (csv_text(*lines_with(l3="2,\u00b2")), 5, ["line 3, column 'Label'", "is not an integer 0..9"]),
         (csv_text(*lines_with(l3="2,7,1")), 5, ["line 3:", "expected 2 values (ImageId,Label), found 3"]),
         (csv_text(*lines_with(l3="2")), 5, ["line 3:", "expected 2 values (ImageId,Label), found 1"]),
+        (csv_text(*VALID_LINES[:3], "", *VALID_LINES[3:]), 5, ["line 4: empty line between rows; delete it."]),
         ("", 5, ["the file is empty", "ImageId,Label"]),
         ("\ufeff", 5, ["the file is empty"]),
     ],
@@ -282,6 +284,7 @@ def test_choose_weights_of_equal_models_is_even():
         "superscript digit label",
         "three values",
         "one value",
+        "blank line between rows",
         "empty file",
         "only a BOM",
     ],
@@ -304,8 +307,10 @@ def test_invalid_submission_is_located(text, rows, expected):
         "\ufeff" + csv_text(*VALID_LINES, newline="\r\n"),
         "\n".join(VALID_LINES),  # no final newline
         csv_text("ImageId , Label", " 1 , 3", "2,7", "3,0", "4,9", "5,1"),  # spaces around values
+        csv_text(*VALID_LINES, "", ""),  # blank lines after the last row, as an editor may leave them
+        csv_text(*VALID_LINES, "", newline="\r\n"),
     ],
-    ids=["plain", "BOM", "CRLF", "BOM and CRLF", "no final newline", "spaces"],
+    ids=["plain", "BOM", "CRLF", "BOM and CRLF", "no final newline", "spaces", "blank lines at the end", "CRLF blank"],
 )
 def test_valid_submission_passes(text):
     validate_submission_text(text, 5)
@@ -445,6 +450,30 @@ def test_submission_of_an_unfinished_run_names_the_missing_fold(runs_dir, sample
     assert "make train RUN=half" in stderr
     assert not submissions.exists() or not list(submissions.iterdir())
     assert not (runs_dir / "half" / "blend_test_probs.npy").exists()
+
+
+@pytest.mark.slow
+def test_submission_of_a_run_without_its_report_says_how_to_write_it(runs_dir, sample_dir, tmp_path):
+    """Every fold finished but no run report: folds merged from several machines, or a stop between the last fold
+    and the report. The message says how to write it (no traceback), and that command trains nothing."""
+    runs = tmp_path / "runs"
+    shutil.copytree(runs_dir / "a", runs / "a")
+    for name in ("report.json", "report.html", "oof.csv"):
+        (runs / "a" / name).unlink()
+    folds_before = {p: digest(p) for p in sorted((runs / "a").glob("fold_*/*")) if p.is_file()}
+    submissions = tmp_path / "subs"
+
+    stderr = assert_user_error(digits_cli("submission", "--run", "a", *run_args(runs, sample_dir, submissions)))
+
+    assert "every fold is finished but the run report (oof.csv, report.json) is not written yet" in stderr
+    assert "Run `make train RUN=a`: it trains nothing and writes the report" in stderr
+    assert not submissions.exists()
+    written = digits_cli("train", "--run", "a", "--runs-dir", runs, "--data-dir", sample_dir)
+    assert_ok(written)
+    assert re.search(r"epoch +\d+/\d+ +loss", written.stdout) is None  # no epoch's progress line: nothing trained
+    assert {p: digest(p) for p in sorted((runs / "a").glob("fold_*/*")) if p.is_file()} == folds_before
+    assert_ok(digits_cli("submission", "--run", "a", *run_args(runs, sample_dir, submissions)))
+    assert [p.name for p in submissions.iterdir()] == [f"a-cv{oof_accuracy(runs / 'a'):.5f}.csv"]
 
 
 @pytest.mark.slow
@@ -649,13 +678,50 @@ def test_submit_a_given_file(sample_dir, kaggle_server, kaggle_env, tmp_path, me
     assert "submitted: Successfully submitted" in result.stdout
 
 
-def test_submit_without_credentials_names_the_three_ways(sample_dir, kaggle_server, kaggle_env, tmp_path):
+def test_submit_reports_the_new_submissions_score_not_an_earlier_one_of_the_same_file(
+    sample_dir, kaggle_server, kaggle_env, tmp_path
+):
+    """Kaggle's listing may show an earlier upload of the same file name before the new one: the score printed
+    is the new submission's (matched by the ref Kaggle's reply gives), never the earlier one's."""
+    path = valid_submission(tmp_path / "mine.csv")
+    kaggle_server.submissions.append(
+        StandInSubmission(
+            ref=900,
+            file_name="mine.csv",
+            content=b"an earlier upload",
+            description="yesterday",
+            date=datetime(2024, 5, 6, 7, 8, 9),
+            public_score="0.11111",
+        )
+    )
+    kaggle_server.submission_score = "0.97531"
+    kaggle_server.listing_lag = 2  # the first two listings show only yesterday's upload
+
+    result = submit_cli(with_key(kaggle_env, kaggle_server), sample_dir, "--file", path)
+
+    assert_ok(result)
+    assert "public score: 0.97531" in result.stdout
+    assert "0.11111" not in result.stdout
+    assert len(kaggle_server.api_calls("ListSubmissions")) == 3
+
+
+def test_submit_without_credentials_names_the_ways_to_give_them(sample_dir, kaggle_server, kaggle_env, tmp_path):
     path = valid_submission(tmp_path / "mine.csv")
 
     stderr = assert_user_error(submit_cli(kaggle_env, sample_dir, "--file", path))
 
-    for way in ("KAGGLE_API_TOKEN", "KAGGLE_USERNAME", "KAGGLE_KEY", "kaggle.json", kaggle_env["KAGGLE_CONFIG_DIR"]):
+    for way in (
+        "kaggle auth login",
+        "KAGGLE_API_TOKEN",
+        "KAGGLE_USERNAME",
+        "KAGGLE_KEY",
+        "kaggle.json",
+        kaggle_env["KAGGLE_CONFIG_DIR"],
+    ):
         assert way in stderr
+    # what to do without the API when submitting (not the download's SOURCE=)
+    assert "upload the file by hand at https://www.kaggle.com/competitions/digit-recognizer/submissions" in stderr
+    assert "SOURCE=" not in stderr
     assert kaggle_server.requests == []
 
 

@@ -130,6 +130,8 @@ def validate_submission_text(text: str, expected_rows: int, name: str = "submiss
     text = text.lstrip("\ufeff")
     reader = csv.reader(io.StringIO(text))
     rows = list(reader)
+    while rows and not rows[-1]:  # blank lines at the end, as editors leave them: pandas reads past them too
+        rows.pop()
     if not rows:
         raise SubmissionError(f"{name}: the file is empty; expected the header ImageId,Label and {expected_rows} rows.")
     header = [cell.strip() for cell in rows[0]]
@@ -138,6 +140,8 @@ def validate_submission_text(text: str, expected_rows: int, name: str = "submiss
     seen: set[int] = set()
     for index, row in enumerate(rows[1:], start=2):
         where = f"{name}: line {index}"
+        if not row:
+            raise SubmissionError(f"{where}: empty line between rows; delete it.")
         if len(row) != 2:
             raise SubmissionError(f"{where}: expected 2 values (ImageId,Label), found {len(row)}.")
         image_text, label_text = (cell.strip() for cell in row)
@@ -211,6 +215,12 @@ def load_run(
     run_dir: Path, tta: bool = False, data_dir: Path = paths.RAW_DIR, log: Callable[[str], None] = print
 ) -> RunPredictions:
     folds = finished_folds(run_dir)
+    if not (run_dir / "report.json").is_file():  # oof.csv is written with it
+        raise SubmissionError(
+            f"{run_dir}: every fold is finished but the run report (oof.csv, report.json) is not written yet: the "
+            f"training stopped before it, or the folds were trained apart (ONLY=...). Run `make train "
+            f"RUN={run_dir.name}`: it trains nothing and writes the report; then rerun this."
+        )
     oof = pd.read_csv(run_dir / "oof.csv")
     prob_columns = [f"prob_{c}" for c in range(data.NUM_CLASSES)]
     oof_probs = oof[prob_columns].to_numpy(np.float32)
@@ -492,7 +502,7 @@ def upload(
         ) from None
     warn_if_config_readable(log)
     try:
-        api = kaggle_api()
+        api = kaggle_api("submit", competition)
     except DownloadError as error:
         raise SubmissionError(str(error)) from None
     log(f"uploading {path.name} to '{competition}' with message {message!r} ...")
@@ -503,12 +513,23 @@ def upload(
     if reply == api.COMPETITION_SUBMIT_UPLOAD_FAILED_MESSAGE:
         raise SubmissionError(f"the upload of {path.name} failed ({reply}); check your connection and rerun.")
     log(f"submitted: {reply or 'accepted'}")
+    # Kaggle's reply names the new submission (`ref`): an earlier submission of a file with the same name,
+    # listed before the new one shows up, must not lend it its score. A reply without a ref: the newest
+    # submission of that file name.
+    ref = getattr(response, "ref", None) or None
     deadline = time.monotonic() + poll_seconds
     while True:
         submissions = (
             _kaggle_call("list submissions", competition, lambda: api.competition_submissions(competition)) or []
         )
-        mine = next((s for s in submissions if getattr(s, "file_name", None) == path.name), None)
+        mine = next(
+            (
+                s
+                for s in submissions
+                if (getattr(s, "ref", None) == ref if ref is not None else getattr(s, "file_name", None) == path.name)
+            ),
+            None,
+        )
         status = str(getattr(getattr(mine, "status", None), "name", "PENDING"))
         if mine is not None and status == "COMPLETE":
             log(f"public score: {mine.public_score}")
@@ -525,7 +546,7 @@ def list_submissions(competition: str = paths.COMPETITION) -> pd.DataFrame:
     from digits.download import DownloadError, kaggle_api
 
     try:
-        api = kaggle_api()
+        api = kaggle_api("submit", competition)
     except DownloadError as error:
         raise SubmissionError(str(error)) from None
     submissions = _kaggle_call("list submissions", competition, lambda: api.competition_submissions(competition)) or []
