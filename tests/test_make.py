@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -81,6 +82,32 @@ def test_download_without_credentials_says_how_to_provide_them(tmp_path):
     for way in ("KAGGLE_API_TOKEN", "KAGGLE_USERNAME", "KAGGLE_KEY", "kaggle.json", "SOURCE="):
         assert way in result.stderr
     assert not (env_root / "data" / "raw" / "train.csv").exists()
+
+
+def test_values_with_quotes_and_spaces_reach_the_cli_intact(kaggle_server, kaggle_env, sample_dir, tmp_path):
+    """`make submit MESSAGE="don't ..."`: every variable is passed as one shell word, whatever it holds."""
+    root = tmp_path / "root"
+    (root / "data" / "raw").mkdir(parents=True)
+    shutil.copy(sample_dir / "sample_submission.csv", root / "data" / "raw")
+    upload = tmp_path / "it's mine (v2).csv"
+    shutil.copy(sample_dir / "sample_submission.csv", upload)  # a valid submission: every label 0
+    message = 'don\'t use dropout; "bagged" x2 & TTA'
+    env = {**kaggle_env, "KAGGLE_USERNAME": kaggle_server.username, "KAGGLE_KEY": kaggle_server.key}
+    env["DIGITS_ROOT"] = str(root)
+
+    result = subprocess.run(
+        ["make", "--no-print-directory", "-C", str(REPO), "submit", f"FILE={upload}", f"MESSAGE={message}"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    (stored,) = kaggle_server.submissions
+    assert stored.file_name == upload.name and stored.description == message
+    assert stored.content == upload.read_bytes()
 
 
 def test_bad_training_variable_is_refused_before_anything_runs(tmp_path):
