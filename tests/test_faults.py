@@ -679,17 +679,20 @@ def test_killed_mid_write_leaves_the_old_file_and_only_a_hidden_temp(tmp_path, w
 
 
 # The real writer, stopped just before it renames its complete temporary file into place (the last moment a
-# kill can hit); `os.replace` is looked up at call time, so the child patches it for the one file under test.
+# kill can hit): `os.replace`, or `os.link` for files that are never overwritten (submissions). Both are looked
+# up at call time, so the child patches them for the one file under test.
 STALL_BEFORE_RENAME = r"""
 import fnmatch, os, sys, time
 pattern = sys.argv[1]
-real_replace = os.replace
-def replace(src, dst, *args, **kwargs):
-    if fnmatch.fnmatch(os.path.basename(os.fspath(dst)), pattern):
-        print("STALLED before renaming", src, flush=True)
-        time.sleep(600)
-    return real_replace(src, dst, *args, **kwargs)
-os.replace = replace
+def stalled(real):
+    def put_in_place(src, dst, *args, **kwargs):
+        if fnmatch.fnmatch(os.path.basename(os.fspath(dst)), pattern):
+            print("STALLED before renaming", src, flush=True)
+            time.sleep(600)
+        return real(src, dst, *args, **kwargs)
+    return put_in_place
+os.replace = stalled(os.replace)
+os.link = stalled(os.link)
 sys.argv = ["digits", *sys.argv[2:]]
 from digits.cli import main
 raise SystemExit(main())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
@@ -124,6 +125,59 @@ def test_atomic_path_failure_and_success(tmp_path, existing):
         assert not path.exists() or path.read_bytes() == b"old"  # not visible until the block ends
     assert path.read_bytes() == b"new"
     assert names(tmp_path) == ["model.keras"]
+
+
+def test_without_overwrite_a_new_file_is_written_and_an_existing_one_kept(tmp_path):
+    path = tmp_path / "sub.csv"
+    fileio.write_text(path, "first\n", overwrite=False)
+    assert path.read_text() == "first\n"
+    assert names(tmp_path) == ["sub.csv"]
+
+    with pytest.raises(FileExistsError) as caught:
+        fileio.write_text(path, "second\n", overwrite=False)
+
+    assert caught.value.filename == str(path)
+    assert path.read_text() == "first\n"
+    assert names(tmp_path) == ["sub.csv"]  # no temporary file left
+
+
+def test_without_overwrite_a_file_another_process_wrote_meanwhile_is_kept(tmp_path):
+    """The race a check-then-rename loses: the name appears while our file is being written."""
+    path = tmp_path / "sub.csv"
+    with pytest.raises(FileExistsError), fileio.atomic_path(path, overwrite=False) as tmp:
+        tmp.write_text("ours\n")
+        path.write_text("theirs\n")  # another `make submission` finished first
+    assert path.read_text() == "theirs\n"
+    assert names(tmp_path) == ["sub.csv"]
+    assert path.stat().st_nlink == 1
+
+
+@pytest.mark.parametrize("errno_name", ["EPERM", "EINVAL", "EACCES", "EXDEV"])
+def test_without_overwrite_on_a_file_system_without_hard_links(tmp_path, monkeypatch, errno_name):
+    """os.link refused (FAT, some network shares): the file is still written, and an existing one still kept."""
+
+    def no_links(src, dst, *args, **kwargs):
+        raise OSError(getattr(errno, errno_name), "hard links not supported", str(dst))
+
+    monkeypatch.setattr(os, "link", no_links)
+    path = tmp_path / "sub.csv"
+    fileio.write_text(path, "first\n", overwrite=False)
+    with pytest.raises(FileExistsError):
+        fileio.write_text(path, "second\n", overwrite=False)
+    assert path.read_text() == "first\n"
+    assert names(tmp_path) == ["sub.csv"]
+
+
+def test_without_overwrite_a_full_disk_is_not_taken_for_missing_hard_links(tmp_path, monkeypatch):
+    def disk_full(src, dst, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "link", disk_full)
+    path = tmp_path / "sub.csv"
+    with pytest.raises(OSError) as caught:
+        fileio.write_text(path, "first\n", overwrite=False)
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(path)
+    assert names(tmp_path) == []
 
 
 def test_atomic_path_block_that_removes_its_temp_file(tmp_path):

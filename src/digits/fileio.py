@@ -28,11 +28,13 @@ DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # what a full disk
 
 
 @contextlib.contextmanager
-def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(final: str | os.PathLike, overwrite: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside `final`; rename it to `final` only if the block succeeds.
 
     For writers that want a path rather than a file object (Keras, matplotlib, numpy). The
     temporary name is hidden (leading dot) and keeps the extension such writers insist on.
+    `overwrite=False`: FileExistsError if `final` exists when the file is put in place, even if another
+    process created it meanwhile (a hard link, which fails on an existing name, where a rename would replace it).
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -44,7 +46,10 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         _fsync_file(tmp)
-        os.replace(tmp, final)
+        if overwrite:
+            os.replace(tmp, final)
+        else:
+            _link_new(tmp, final)
         _fsync_dir(final.parent)
     except OSError as error:
         if error.errno in DISK_FULL_ERRNOS and not error.filename:
@@ -54,15 +59,31 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def _link_new(tmp: Path, final: Path) -> None:
+    """Give `tmp`'s complete file the name `final`, which must not exist (FileExistsError otherwise)."""
+    try:
+        os.link(tmp, final)
+    except FileExistsError:
+        raise FileExistsError(errno.EEXIST, "exists and is never overwritten", str(final)) from None
+    except OSError as error:
+        if error.errno in DISK_FULL_ERRNOS:
+            raise
+        # A file system without hard links (FAT, some network shares; the errno varies: EPERM, EINVAL, ENOTSUP,
+        # EACCES...): check, then rename (a race remains only there).
+        if final.exists():
+            raise FileExistsError(errno.EEXIST, "exists and is never overwritten", str(final)) from None
+        os.replace(tmp, final)
+
+
 @contextlib.contextmanager
-def atomic_open(final: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iterator[IO]:
-    """Open a temporary file beside `final` for writing; rename it into place on success."""
-    with atomic_path(final) as tmp, open(tmp, mode, **kwargs) as handle:
+def atomic_open(final: str | os.PathLike, mode: str = "w", overwrite: bool = True, **kwargs: Any) -> Iterator[IO]:
+    """Open a temporary file beside `final` for writing; rename it into place on success (`atomic_path`)."""
+    with atomic_path(final, overwrite) as tmp, open(tmp, mode, **kwargs) as handle:
         yield handle
 
 
-def write_text(final: str | os.PathLike, text: str) -> None:
-    with atomic_open(final, "w", encoding="utf-8", newline="\n") as handle:
+def write_text(final: str | os.PathLike, text: str, overwrite: bool = True) -> None:
+    with atomic_open(final, "w", overwrite=overwrite, encoding="utf-8", newline="\n") as handle:
         handle.write(text)
 
 

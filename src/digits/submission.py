@@ -180,9 +180,13 @@ def write_submission(frame: pd.DataFrame, path: Path, rows: int) -> None:
     """Validate, then write atomically; an existing file is never overwritten."""
     text = frame.to_csv(index=False, lineterminator="\n")
     validate_submission_text(text, rows, name=str(path))
+    never = f"{path} already exists and is never overwritten; remove it yourself if you mean to."
     if path.exists():
-        raise SubmissionError(f"{path} already exists and is never overwritten; remove it yourself if you mean to.")
-    fileio.write_text(path, text)
+        raise SubmissionError(never)
+    try:
+        fileio.write_text(path, text, overwrite=False)  # also when another process wrote it meanwhile
+    except FileExistsError:
+        raise SubmissionError(never) from None
 
 
 # --- a run's submission -------------------------------------------------------------------------------
@@ -546,7 +550,7 @@ def list_submissions(competition: str = paths.COMPETITION) -> pd.DataFrame:
     from digits.download import DownloadError, kaggle_api
 
     try:
-        api = kaggle_api("submit", competition)
+        api = kaggle_api("list", competition)
     except DownloadError as error:
         raise SubmissionError(str(error)) from None
     submissions = _kaggle_call("list submissions", competition, lambda: api.competition_submissions(competition)) or []
