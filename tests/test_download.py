@@ -59,11 +59,12 @@ def write_kaggle_json(env: dict[str, str], server: KaggleStandIn, mode: int = 0o
     return config
 
 
-def write_oauth_login(env: dict[str, str], server: KaggleStandIn) -> Path:
-    """What `kaggle auth login` saves in ~/.kaggle/credentials.json: a refresh token and a current access token."""
+def write_oauth_login(env: dict[str, str], server: KaggleStandIn, expired: bool = False) -> Path:
+    """What `kaggle auth login` saves in ~/.kaggle/credentials.json: a refresh token and an access token, current
+    or (`expired`) to be renewed with the refresh token first."""
     path = Path(env["HOME"]) / ".kaggle" / "credentials.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    expires = datetime.now(UTC) + timedelta(hours=12)
+    expires = datetime.now(UTC) + timedelta(hours=-12 if expired else 12)
     login = {
         "refresh_token": "refresh-" + server.key,
         "access_token": server.token,
@@ -214,8 +215,9 @@ def test_a_bad_kept_zip_is_fetched_again(kaggle_server, kaggle_env, sample_zip, 
     result = run_download(with_key(kaggle_env, kaggle_server), "--dest", dest)
 
     assert result.returncode == 0, result.stderr
-    assert f"{dest / 'digit-recognizer.zip'} cannot be used" in result.stdout
-    assert "not a valid zip file" in result.stdout and "fetching it again" in result.stdout
+    assert f"{dest / 'digit-recognizer.zip'}: not a valid zip file" in result.stdout
+    assert "The download is corrupt or incomplete. Fetching it again." in result.stdout
+    assert "FORCE=1" not in result.stdout  # no advice to do what is being done
     assert len(kaggle_server.api_calls("DownloadDataFiles")) == 1
     assert_sample_installed(dest, sample_zip)
     assert (dest / "digit-recognizer.zip").read_bytes() == sample_zip.read_bytes()
@@ -281,6 +283,19 @@ def test_inactive_token_is_not_reported_as_missing(kaggle_server, kaggle_env, tm
     assert "did not accept the credentials from KAGGLE_API_TOKEN" in stderr
     assert "not found" not in stderr
     assert kaggle_server.api_calls("IntrospectToken")
+    assert kaggle_server.api_calls("DownloadDataFiles") == []
+
+
+def test_a_refused_login_says_to_log_in_again(kaggle_server, kaggle_env, tmp_path):
+    login = write_oauth_login(kaggle_env, kaggle_server, expired=True)
+    kaggle_server.fail("GenerateAccessToken", 401)  # the refresh token is revoked
+
+    stderr = assert_user_error(run_download(kaggle_env, "--dest", tmp_path / "raw"))
+
+    assert f"did not accept the credentials from {Path('~/.kaggle/credentials.json')}" in stderr
+    assert "(the client has deleted it). Log in again: .venv/bin/kaggle auth login." in stderr
+    assert not login.exists()  # the client's doing, as the message says
+    assert kaggle_server.api_calls("GenerateAccessToken")
     assert kaggle_server.api_calls("DownloadDataFiles") == []
 
 

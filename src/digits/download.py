@@ -6,10 +6,12 @@ Out: `data/raw/digit-recognizer.zip` and the verified `train.csv`, `test.csv`,
      `sample_submission.csv` beside it.
 
 Guarantees: idempotent (valid files already in place: nothing is fetched, and it says so;
-`force=True` fetches again); a CSV appears under its final name only once complete and verified
+`force=True` fetches again; a CSV lost or damaged since is extracted again from the kept zip, offline, and
+only a bad zip is fetched again); a CSV appears under its final name only once complete and verified
 (extracted to a hidden staging folder, validated, then renamed); archive members with absolute
 paths or `..` are refused, as are members that inflate far beyond their declared size; credentials
-are never printed. Network failures are retried with exponential backoff; the first delay is
+are never printed. A full disk is not a network failure (it is raised as the disk error it is); network
+failures are retried with exponential backoff; the first delay is
 `backoff` seconds, or `DIGITS_DOWNLOAD_BACKOFF` (seconds, a float; tests set it tiny), else 2.
 """
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import shlex
 import shutil
 import stat
 import sys
@@ -42,6 +45,7 @@ CREDENTIALS_HELP = (
 WITHOUT_API = {
     "download": "Or skip the API: download the zip in a browser and run `make download SOURCE=path/to/{competition}.zip`.",
     "submit": "Or upload the file by hand at https://www.kaggle.com/competitions/{competition}/submissions.",
+    "list": "Or see your submissions at https://www.kaggle.com/competitions/{competition}/submissions.",
 }
 # Where `kaggle auth login` keeps its OAuth credentials (kagglesdk's KaggleCredentials.DEFAULT_CREDENTIALS_FILE).
 OAUTH_CREDENTIALS = Path("~/.kaggle/credentials.json")
@@ -92,7 +96,7 @@ def download(
             )
         again = (
             f"Download the zip again (https://www.kaggle.com/competitions/{competition}/data) and rerun "
-            f"`make download SOURCE={source} FORCE=1`."
+            f"`make download SOURCE={shlex.quote(str(source))} FORCE=1`."
         )
         return _install_from_zip(source, dest, log, again)
     if backoff is None:
@@ -101,9 +105,9 @@ def download(
     kept_zip = dest / f"{competition}.zip"
     if not force and kept_zip.is_file():  # a CSV went missing or bad, but the zip it came from is still here
         try:
-            return _install_from_zip(kept_zip, dest, log, again)
+            return _install_from_zip(kept_zip, dest, log, again="")
         except DownloadError as error:
-            log(f"{kept_zip} cannot be used ({error}); fetching it again.")
+            log(f"{str(error).strip()} Fetching it again.")
     zip_path = _fetch_with_kaggle(competition, dest, force=force, retries=retries, backoff=backoff, log=log)
     return _install_from_zip(zip_path, dest, log, again)
 
@@ -168,9 +172,10 @@ def warn_if_config_readable(log: Callable[[str], None]) -> None:
 
 def kaggle_api(action: str = "download", competition: str = paths.COMPETITION):
     """An authenticated official `KaggleApi`, or DownloadError naming the ways to give credentials and, for
-    `action` ("download" or "submit"), how to do without the API."""
+    `action` ("download", "submit" or "list"), how to do without the API."""
     without_api = WITHOUT_API[action].format(competition=competition)
-    if credentials_source() is None:
+    source = credentials_source()  # before the client runs: it deletes a login that Kaggle refuses
+    if source is None:
         raise DownloadError(
             CREDENTIALS_HELP.format(config_dir=kaggle_config_dir(), oauth_file=OAUTH_CREDENTIALS) + "\n" + without_api
         )
@@ -192,12 +197,18 @@ def kaggle_api(action: str = "download", competition: str = paths.COMPETITION):
     except SystemExit:
         # Credentials are set (checked above), yet the client gave up: Kaggle reported the token inactive,
         # or the file holding them is unusable. Saying "not found" here would send the user the wrong way.
-        raise DownloadError(
-            f"Kaggle did not accept the credentials from {credentials_source()}: the token is revoked or expired (Kaggle "
-            f'reports it inactive), kaggle.json is not valid JSON with "username" and "key", or the login saved in '
-            f"{OAUTH_CREDENTIALS} has expired. Log in again (.venv/bin/kaggle auth login) or create a new token at "
-            f"https://www.kaggle.com/settings (API section) and update them. {without_api}"
-        ) from None
+        if source == str(OAUTH_CREDENTIALS):
+            why = (
+                f"the login saved in {OAUTH_CREDENTIALS} was refused (the client has deleted it). Log in again: "
+                f".venv/bin/kaggle auth login."
+            )
+        else:
+            why = (
+                "the token is revoked or expired (Kaggle reports it inactive), or kaggle.json is not valid JSON with "
+                '"username" and "key". Create a new token at https://www.kaggle.com/settings (API section) and '
+                "update them, or log in with .venv/bin/kaggle auth login."
+            )
+        raise DownloadError(f"Kaggle did not accept the credentials from {source}: {why} {without_api}") from None
     except requests.exceptions.RequestException as error:  # checking a token is a network call
         raise DownloadError(explain_http_error(error, competition, "check the credentials")) from None
     return api
@@ -212,7 +223,8 @@ def explain_http_error(error: Exception, competition: str, action: str) -> str:
         return (
             f"Kaggle rejected the credentials (401 Unauthorized) while trying to {action}. "
             f"The token or key is wrong or expired: create a new one at https://www.kaggle.com/settings "
-            f"(API section) and update KAGGLE_API_TOKEN, KAGGLE_USERNAME/KAGGLE_KEY or kaggle.json."
+            f"(API section) and update KAGGLE_API_TOKEN, KAGGLE_USERNAME/KAGGLE_KEY or kaggle.json, or log in again "
+            f"with .venv/bin/kaggle auth login."
         )
     if status == 403:
         return (
