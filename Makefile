@@ -12,9 +12,11 @@ DIGITS := $(BIN)/python -m digits
 COMPETITION ?= digit-recognizer
 # A value as one shell word, whatever it holds (MESSAGE="don't use dropout"): in single quotes, each ' as '\''.
 quote = '$(subst ','\'',$(1))'
+# A variable's value as one shell word, as typed: $(value ...) keeps make from expanding a $ in it ("50$ off").
+arg = $(call quote,$(value $(1)))
 # Optional variables, passed to the CLI only when set.
-opt = $(if $($(1)),--$(2) $(call quote,$($(1))))
-download_args = --competition $(call quote,$(COMPETITION)) $(call opt,SOURCE,source) $(if $(filter 1 yes true,$(FORCE)),--force)
+opt = $(if $(value $(1)),--$(2) $(call arg,$(1)))
+download_args = --competition $(call arg,COMPETITION) $(call opt,SOURCE,source) $(if $(filter 1 yes true,$(FORCE)),--force)
 train_args = $(call opt,PRESET,preset) $(call opt,FOLDS,folds) $(call opt,EPOCHS,epochs) $(call opt,BATCH,batch) \
 	$(call opt,MODEL,model) $(call opt,SEED,seed) $(call opt,RUN,run) $(call opt,ONLY,only) \
 	$(call opt,HOLDOUT,holdout) $(call opt,HOLDOUT_SEED,holdout-seed) $(call opt,PSEUDO,pseudo) $(call opt,PSEUDO_CONFIDENCE,pseudo-confidence) \
@@ -46,8 +48,8 @@ download: .venv ## Fetch and verify train.csv/test.csv into data/raw/ (COMPETITI
 	$(DIGITS) download $(download_args)
 
 sample: .venv ## Rebuild data/sample/ from a copy of the competition zip (SOURCE=path/to/digit-recognizer.zip)
-	@test -n "$(SOURCE)" || { echo "make sample needs SOURCE=path/to/digit-recognizer.zip"; exit 2; }
-	$(BIN)/python -m digits.sample --source $(call quote,$(SOURCE))
+	@test -n $(call arg,SOURCE) || { echo "make sample needs SOURCE=path/to/digit-recognizer.zip"; exit 2; }
+	$(BIN)/python -m digits.sample --source $(call arg,SOURCE)
 
 train: .venv ## Train the k-fold CNNs (PRESET=quick|default|max FOLDS EPOCHS BATCH MODEL SEED RUN ONLY HOLDOUT HOLDOUT_SEED PSEUDO PSEUDO_CONFIDENCE ELASTIC DROPOUT DETERMINISTIC)
 	$(DIGITS) train $(train_args)
@@ -59,25 +61,25 @@ submission: .venv ## Blend a run's folds into submissions/<run>-cv<OOF acc>.csv 
 	$(DIGITS) submission $(call opt,RUN,run) $(if $(filter 1 yes true,$(TTA)),--tta)
 
 ensemble: .venv ## Blend several runs into one submission (RUNS=a,b WEIGHTS=equal|oof)
-	@test -n "$(RUNS)" || { echo "make ensemble needs RUNS=run1,run2"; exit 2; }
-	$(DIGITS) ensemble --runs $(call quote,$(RUNS)) $(call opt,WEIGHTS,weights)
+	@test -n $(call arg,RUNS) || { echo "make ensemble needs RUNS=run1,run2"; exit 2; }
+	$(DIGITS) ensemble --runs $(call arg,RUNS) $(call opt,WEIGHTS,weights)
 
 compare: .venv ## Is one run better than another? Paired tests on the rows they share (RUNS=a,b: each later run against a; RUNS=a1+a2,b1+b2 pools two seeds; OUT=folder)
-	@test -n "$(RUNS)" || { echo "make compare needs RUNS=run1,run2 (each later run is compared with the first)"; exit 2; }
-	$(DIGITS) compare --runs $(call quote,$(RUNS)) $(call opt,OUT,out)
+	@test -n $(call arg,RUNS) || { echo "make compare needs RUNS=run1,run2 (each later run is compared with the first)"; exit 2; }
+	$(DIGITS) compare --runs $(call arg,RUNS) $(call opt,OUT,out)
 
 submit: .venv ## Upload a submission to Kaggle and print its score (FILE, default the latest run's; MESSAGE)
-	$(DIGITS) submit --competition $(call quote,$(COMPETITION)) $(call opt,RUN,run) $(call opt,FILE,file) $(call opt,MESSAGE,message)
+	$(DIGITS) submit --competition $(call arg,COMPETITION) $(call opt,RUN,run) $(call opt,FILE,file) $(call opt,MESSAGE,message)
 
 submissions: .venv ## List your past submissions to the competition, with their scores
-	$(DIGITS) submissions --competition $(call quote,$(COMPETITION))
+	$(DIGITS) submissions --competition $(call arg,COMPETITION)
 
 bench: .venv ## Speed of training/prediction vs plain model.fit, full data (4-10 min; BFLOAT16=1) -> runs/bench/
 	$(BIN)/python -m digits.bench $(if $(filter 1 yes true,$(BFLOAT16)),--bfloat16)
 
 predict: .venv ## Top-3 digits for your own pictures, with a <name>.prepared.png beside each (IMAGE=files-or-folder, RUN)
-	@test -n "$(IMAGE)" || { echo "make predict needs IMAGE=path/to/digit.png (several: IMAGE=\"a.png b.jpg\" or a,b; or a folder)"; exit 2; }
-	$(DIGITS) predict $(call opt,RUN,run) $(call quote,$(IMAGE))
+	@test -n $(call arg,IMAGE) || { echo "make predict needs IMAGE=path/to/digit.png (several: IMAGE=\"a.png b.jpg\" or a,b; or a folder)"; exit 2; }
+	$(DIGITS) predict $(call opt,RUN,run) $(call arg,IMAGE)
 
 demo: .venv ## The whole pipeline offline on the bundled sample in a few minutes: data, training, submission, report (EPOCHS, default 12)
 	$(DIGITS) demo $(call opt,EPOCHS,epochs)

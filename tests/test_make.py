@@ -85,13 +85,14 @@ def test_download_without_credentials_says_how_to_provide_them(tmp_path):
 
 
 def test_values_with_quotes_and_spaces_reach_the_cli_intact(kaggle_server, kaggle_env, sample_dir, tmp_path):
-    """`make submit MESSAGE="don't ..."`: every variable is passed as one shell word, whatever it holds."""
+    """`make submit MESSAGE="don't ..."`: every variable is passed as one shell word, as typed (quotes, spaces,
+    `$`: neither make nor the shell expands it)."""
     root = tmp_path / "root"
     (root / "data" / "raw").mkdir(parents=True)
     shutil.copy(sample_dir / "sample_submission.csv", root / "data" / "raw")
     upload = tmp_path / "it's mine (v2).csv"
     shutil.copy(sample_dir / "sample_submission.csv", upload)  # a valid submission: every label 0
-    message = 'don\'t use dropout; "bagged" x2 & TTA'
+    message = 'don\'t use dropout; "bagged" x2 & TTA, 50$ off $(shell echo not run) $HOME'
     env = {**kaggle_env, "KAGGLE_USERNAME": kaggle_server.username, "KAGGLE_KEY": kaggle_server.key}
     env["DIGITS_ROOT"] = str(root)
 
