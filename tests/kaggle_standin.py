@@ -7,6 +7,9 @@ absolute URL. What is answered, as read from the installed kagglesdk:
 
 - `security.OAuthService/IntrospectToken` ({"token": ...}): what `authenticate()` asks about a KAGGLE_API_TOKEN
   (twice per process: `import kaggle` authenticates too). An unknown token is `{"active": false}` (RFC 7662).
+- `users.AccountService/GenerateAccessToken` ({"refreshToken": ...}): how the client renews the access token of a
+  `kaggle auth login` (~/.kaggle/credentials.json) once it has expired. A refresh token in `refresh_tokens` gets a
+  new access token (added to `tokens`; `{"token", "expiresIn", "userName"}`); any other is refused with 401.
 - `competitions.CompetitionApiService/DownloadDataFiles` ({"competitionName": ...}): a 302 to a signed-looking
   data URL on this same server (`/storage/<competition>.zip?...`), which serves the zip with Content-Length,
   Accept-Ranges, ETag and Last-Modified, and honours `Range` (206) and `If-Range`. The client follows the
@@ -116,6 +119,8 @@ class KaggleStandIn:
     def __post_init__(self) -> None:
         self.api_keys: dict[str, str] = {self.username: self.key}  # username -> key (Basic)
         self.tokens: dict[str, str] = {self.token: self.username}  # token -> username (Bearer)
+        self.refresh_tokens: dict[str, str] = {"refresh-" + self.key: self.username}  # `kaggle auth login`'s
+        self.issued_tokens: list[str] = []  # access tokens GenerateAccessToken handed out, in order
         self.requests: list[RecordedRequest] = []
         self.submissions: list[Submission] = []
         self.uploads: dict[str, dict] = {}  # blob token -> {"file_name", "content_length", "content"}
@@ -328,6 +333,17 @@ class _Handler(BaseHTTPRequestHandler):
                 self._json(record, {"active": False})
             else:
                 self._json(record, {"active": True, "username": username, "clientId": "kaggle-cli", "scope": ""})
+            return
+        if method == "GenerateAccessToken":  # authenticated by the refresh token in its body
+            username = standin.refresh_tokens.get(payload.get("refreshToken", ""))
+            if username is None:
+                self._error(record, 401, "Unauthenticated: unknown or revoked refresh token")
+                return
+            token = "KGAT_" + secrets.token_hex(16)
+            with standin._lock:
+                standin.tokens[token] = username
+                standin.issued_tokens.append(token)
+            self._json(record, {"token": token, "expiresIn": 43200, "userName": username})
             return
         user = standin._user_for(self.headers.get("Authorization", ""))
         if user is None:

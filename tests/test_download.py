@@ -142,7 +142,9 @@ def stored_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # --- from the Kaggle API ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("credentials", ["key pair", "token", "kaggle.json", "kaggle auth login"])
+@pytest.mark.parametrize(
+    "credentials", ["key pair", "token", "kaggle.json", "kaggle auth login", "kaggle auth login, expired"]
+)
 def test_download_installs_the_verified_csvs(kaggle_server, kaggle_env, sample_zip, tmp_path, credentials):
     if credentials == "key pair":
         env = with_key(kaggle_env, kaggle_server)
@@ -153,7 +155,7 @@ def test_download_installs_the_verified_csvs(kaggle_server, kaggle_env, sample_z
         write_kaggle_json(env, kaggle_server)
     else:  # the client's recommended way; refused as "not found" before session 13
         env = kaggle_env
-        write_oauth_login(env, kaggle_server)
+        login = write_oauth_login(env, kaggle_server, expired=credentials.endswith("expired"))
     dest = tmp_path / "raw"
 
     result = run_download(env, "--dest", dest)
@@ -166,9 +168,14 @@ def test_download_installs_the_verified_csvs(kaggle_server, kaggle_env, sample_z
     calls = kaggle_server.api_calls("DownloadDataFiles")
     assert len(calls) == 1 and calls[0].json() == {"competitionName": "digit-recognizer"}
     assert len(kaggle_server.data_requests()) == 1
-    scheme = "Bearer" if credentials in ("token", "kaggle auth login") else "Basic"
+    scheme = "Bearer" if credentials == "token" or "login" in credentials else "Basic"
     assert calls[0].headers["Authorization"].startswith(scheme + " ")
     assert bool(kaggle_server.api_calls("IntrospectToken")) == (credentials == "token")
+    if credentials == "kaggle auth login, expired":  # renewed with the refresh token, then used and saved
+        (renewed, *_) = kaggle_server.issued_tokens
+        assert calls[0].headers["Authorization"] == f"Bearer {renewed}"
+        assert json.loads(login.read_text())["access_token"] == renewed
+        assert renewed not in result.stdout + result.stderr
 
 
 def test_rerun_is_idempotent_and_makes_no_request(kaggle_server, kaggle_env, sample_zip, tmp_path):
