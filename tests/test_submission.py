@@ -453,27 +453,31 @@ def test_submission_of_an_unfinished_run_names_the_missing_fold(runs_dir, sample
 
 
 @pytest.mark.slow
-def test_submission_of_a_run_without_its_report_says_how_to_write_it(runs_dir, sample_dir, tmp_path):
-    """Every fold finished but no run report: folds merged from several machines, or a stop between the last fold
-    and the report. The message says how to write it (no traceback), and that command trains nothing."""
+def test_submission_of_a_run_without_its_report_writes_it_first(runs_dir, sample_dir, tmp_path):
+    """Every fold finished but no run report: folds gathered from several machines (DESIGN.md: the ensemble step
+    reads whatever folds a run directory holds), or a stop between the last fold and the report. The submission
+    writes the report as `make train RUN=<run>` would (training nothing), then blends as usual."""
     runs = tmp_path / "runs"
     shutil.copytree(runs_dir / "a", runs / "a")
+    expected_report = json.loads((runs / "a" / "report.json").read_text())
+    expected_oof = (runs / "a" / "oof.csv").read_bytes()
     for name in ("report.json", "report.html", "oof.csv"):
         (runs / "a" / name).unlink()
     folds_before = {p: digest(p) for p in sorted((runs / "a").glob("fold_*/*")) if p.is_file()}
     submissions = tmp_path / "subs"
 
-    stderr = assert_user_error(digits_cli("submission", "--run", "a", *run_args(runs, sample_dir, submissions)))
+    result = digits_cli("submission", "--run", "a", *run_args(runs, sample_dir, submissions))
 
-    assert "every fold is finished but the run report (oof.csv, report.json) is not written yet" in stderr
-    assert "Run `make train RUN=a`: it trains nothing and writes the report" in stderr
-    assert not submissions.exists()
-    written = digits_cli("train", "--run", "a", "--runs-dir", runs, "--data-dir", sample_dir)
-    assert_ok(written)
-    assert re.search(r"epoch +\d+/\d+ +loss", written.stdout) is None  # no epoch's progress line: nothing trained
+    assert_ok(result)
+    assert "every fold is finished; writing the run report (oof.csv, report.json) first" in result.stdout
+    assert re.search(r"epoch +\d+/\d+ +loss", result.stdout) is None  # no epoch's progress line: nothing trained
     assert {p: digest(p) for p in sorted((runs / "a").glob("fold_*/*")) if p.is_file()} == folds_before
-    assert_ok(digits_cli("submission", "--run", "a", *run_args(runs, sample_dir, submissions)))
-    assert [p.name for p in submissions.iterdir()] == [f"a-cv{oof_accuracy(runs / 'a'):.5f}.csv"]
+    assert (runs / "a" / "oof.csv").read_bytes() == expected_oof
+    written = json.loads((runs / "a" / "report.json").read_text())
+    assert written["oof_accuracy"] == expected_report["oof_accuracy"]
+    assert written["holdout"]["ensemble_accuracy"] == expected_report["holdout"]["ensemble_accuracy"]
+    assert (runs / "a" / "report.html").is_file()
+    assert [p.name for p in submissions.iterdir()] == [f"a-cv{expected_report['oof_accuracy']:.5f}.csv"]
 
 
 @pytest.mark.slow

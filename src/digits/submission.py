@@ -220,11 +220,12 @@ def load_run(
 ) -> RunPredictions:
     folds = finished_folds(run_dir)
     if not (run_dir / "report.json").is_file():  # oof.csv is written with it
-        raise SubmissionError(
-            f"{run_dir}: every fold is finished but the run report (oof.csv, report.json) is not written yet: the "
-            f"training stopped before it, or the folds were trained apart (ONLY=...). Run `make train "
-            f"RUN={run_dir.name}`: it trains nothing and writes the report; then rerun this."
-        )
+        # Every fold is finished, but the training stopped before the run report, or the folds were trained
+        # apart (ONLY=..., on several machines) and gathered here: write it, as `make train RUN=<run>` would.
+        from digits import train
+
+        log(f"{run_dir}: every fold is finished; writing the run report (oof.csv, report.json) first")
+        train.train_run(train.resume_config(run_dir), run_dir, data_dir, log=log)
     oof = pd.read_csv(run_dir / "oof.csv")
     prob_columns = [f"prob_{c}" for c in range(data.NUM_CLASSES)]
     oof_probs = oof[prob_columns].to_numpy(np.float32)

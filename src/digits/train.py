@@ -901,6 +901,16 @@ def resolve_run_dir(run: str | None, runs_dir: Path = paths.RUNS_DIR) -> Path:
     return run_dir
 
 
+def resume_config(run_dir: Path, overrides: dict | None = None) -> Config:
+    """An existing run's settings, as `make train RUN=x` resumes it: its saved config is the base (every fold,
+    whatever ONLY it was started with), and any setting in `overrides` that is not None must match it
+    (prepare_run refuses a change)."""
+    saved = config_lib.from_dict(json.loads((run_dir / "config.json").read_text())["config"])
+    base = {key: value for key, value in saved.to_dict().items() if key not in ("preset", "only")}
+    given = {key: value for key, value in (overrides or {}).items() if value is not None}
+    return config_lib.resolve(saved.preset, {**base, **given})
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     keys = ("folds", "epochs", "batch", "model", "seed", "only", "holdout", "holdout_seed")
     keys += ("pseudo", "pseudo_confidence", "elastic")
@@ -914,16 +924,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
         overrides[key.strip()] = value
     run_dir = Path(args.runs_dir) / (args.run or dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
     if (run_dir / "config.json").exists():
-        # An existing run: its saved config is the base, so `make train RUN=x` alone resumes it; any
-        # setting given explicitly must match it (prepare_run refuses a change).
         saved = config_lib.from_dict(json.loads((run_dir / "config.json").read_text())["config"])
         if args.preset and args.preset != saved.preset:
             raise RunError(
                 f"{run_dir} was started with PRESET={saved.preset}, not {args.preset}. Resume it with the "
                 f"same settings, or start a new run with RUN=<new name>."
             )
-        base = {key: value for key, value in saved.to_dict().items() if key not in ("preset", "only")}
-        config = config_lib.resolve(saved.preset, {**base, **{k: v for k, v in overrides.items() if v is not None}})
+        config = resume_config(run_dir, overrides)
     else:
         config = config_lib.resolve(args.preset or "default", overrides)
     train_run(config, run_dir, Path(args.data_dir))
