@@ -20,7 +20,7 @@ download_args = --competition $(call arg,COMPETITION) $(call opt,SOURCE,source) 
 train_args = $(call opt,PRESET,preset) $(call opt,FOLDS,folds) $(call opt,EPOCHS,epochs) $(call opt,BATCH,batch) \
 	$(call opt,MODEL,model) $(call opt,SEED,seed) $(call opt,RUN,run) $(call opt,ONLY,only) \
 	$(call opt,HOLDOUT,holdout) $(call opt,HOLDOUT_SEED,holdout-seed) $(call opt,PSEUDO,pseudo) $(call opt,PSEUDO_CONFIDENCE,pseudo-confidence) \
-	$(call opt,ELASTIC,elastic) $(call opt,DROPOUT,dropout) \
+	$(call opt,ELASTIC,elastic) $(call opt,DROPOUT,dropout) $(call opt,PRECISION,precision) \
 	$(if $(filter 1 yes true,$(DETERMINISTIC)),--deterministic)
 
 .PHONY: help .venv download sample test test-long test-fast lint format train report submission ensemble compare submit submissions \
@@ -32,7 +32,7 @@ help: ## List the targets (this text)
 	@grep -E '^[a-zA-Z_.-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}'
 	@echo
 	@echo "Variables: COMPETITION SOURCE FORCE (download); PRESET FOLDS EPOCHS BATCH MODEL SEED RUN ONLY"
-	@echo "           HOLDOUT HOLDOUT_SEED PSEUDO PSEUDO_CONFIDENCE ELASTIC DROPOUT DETERMINISTIC (train); RUN (report, submission, submit); TTA (submission);"
+	@echo "           HOLDOUT HOLDOUT_SEED PSEUDO PSEUDO_CONFIDENCE ELASTIC DROPOUT PRECISION DETERMINISTIC (train); RUN (report, submission, submit); TTA (submission);"
 	@echo "           RUNS WEIGHTS (ensemble); RUNS OUT (compare); FILE MESSAGE (submit); IMAGE RUN (predict); EPOCHS (demo). See README.md."
 
 $(VENV)/.installed: requirements.txt pyproject.toml
@@ -51,7 +51,7 @@ sample: .venv ## Rebuild data/sample/ from a copy of the competition zip (SOURCE
 	@test -n $(call arg,SOURCE) || { echo "make sample needs SOURCE=path/to/digit-recognizer.zip"; exit 2; }
 	$(BIN)/python -m digits.sample --source $(call arg,SOURCE)
 
-train: .venv ## Train the k-fold CNNs (PRESET=quick|default|max FOLDS EPOCHS BATCH MODEL SEED RUN ONLY HOLDOUT HOLDOUT_SEED PSEUDO PSEUDO_CONFIDENCE ELASTIC DROPOUT DETERMINISTIC)
+train: .venv ## Train the k-fold CNNs (PRESET=quick|default|max FOLDS EPOCHS BATCH MODEL SEED RUN ONLY HOLDOUT HOLDOUT_SEED PSEUDO PSEUDO_CONFIDENCE ELASTIC DROPOUT PRECISION DETERMINISTIC)
 	$(DIGITS) train $(train_args)
 
 report: .venv ## Print a run's fold table and the path of its report.html (RUN, default the latest)

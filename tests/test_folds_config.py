@@ -126,6 +126,23 @@ def test_config_round_trips_through_json():
     # a config.json written before dropout_scale existed keeps the dropout it trained with
     old = {key: value for key, value in config_lib.resolve("quick").to_dict().items() if key != "dropout_scale"}
     assert config_lib.from_dict(old).dropout_scale == 1.0
+    # and one written before precision existed trained in float32
+    old = {key: value for key, value in config_lib.resolve("quick").to_dict().items() if key != "precision"}
+    assert config_lib.from_dict(old).precision == "float32"
+
+
+def test_precision_auto_is_bfloat16_only_where_the_cpu_computes_it_natively():
+    from digits import bench
+
+    native = bench.native_bfloat16(bench.cpu_info())
+    auto = config_lib.resolve("default", {"precision": "auto"})
+    assert auto.precision == ("bfloat16" if native else "float32") == config_lib.fast_precision()
+    assert auto.to_dict()["precision"] in ("float32", "bfloat16")  # what the run records: never "auto"
+    assert config_lib.resolve("default").precision == "float32"
+    assert config_lib.resolve("default", {"precision": " BFloat16 "}).precision == "bfloat16"
+    assert (
+        config_lib.resolve("default", {"precision": "bfloat16"}).identity() != config_lib.resolve("default").identity()
+    )
 
 
 @pytest.mark.parametrize(
@@ -155,6 +172,11 @@ def test_config_round_trips_through_json():
         ("default", {"holdout": "0.1", "holdout_seed": "-1"}, "HOLDOUT_SEED=-1 must be a whole number from 0 to"),
         ("default", {"holdout": "0.1", "holdout_seed": "x"}, "holdout_seed='x' is not an integer"),
         ("default", {"batch": "0"}, "BATCH=0"),
+        (
+            "default",
+            {"precision": "float16"},
+            r"PRECISION=float16: choose one of float32, bfloat16, or auto \(bfloat16",
+        ),
         ("default", {"augment": "maybe"}, "augment='maybe' is not true or false"),
         ("default", {"pseudo": " "}, "PSEUDO is empty: give the name of a finished run"),
         ("default", {"pseudo": "t", "pseudo_confidence": "0"}, r"pseudo_confidence=0.0 must be in \(0, 1\]"),

@@ -241,12 +241,22 @@ def test_bench_runs_and_writes_its_json(tmp_path, sample_dir):
     results = bench.run_benchmark(sample_dir, tmp_path / "bench", train_images=1024, epochs=2, log=lambda _: None)
     skipped = bench.NO_NATIVE_BFLOAT16 if bench.native_bfloat16(bench.cpu_info()) is False else None
     saved = json.loads(Path(results["path"]).read_text())
-    for name in ("ours", "plain"):  # the steady speed: the training seconds of epoch 2, without its validation
+    bf16 = saved["throughput"]["bfloat16"]
+    speeds = {"ours": saved["throughput"]["ours_images_per_second"]}
+    speeds["plain"] = saved["throughput"]["plain_images_per_second"]
+    if skipped is None:  # bfloat16 training is timed where bfloat16 prediction is
+        speeds["ours_bfloat16"] = bf16["images_per_second"]
+        assert bf16["ratio"] == pytest.approx(bf16["images_per_second"] / speeds["plain"], rel=1e-2)
+        assert bf16["seconds_per_epoch"] == pytest.approx(1024 / bf16["images_per_second"], abs=0.06)
+    else:
+        assert bf16 == {"skipped": skipped} and "ours_bfloat16" not in saved["accuracy"]
+    for name, speed in speeds.items():  # the steady speed: the training seconds of epoch 2, without its validation
         train_seconds = saved["accuracy"][name]["train_seconds_per_epoch"]
         validation_seconds = saved["accuracy"][name]["validation_seconds_per_epoch"]
         assert len(train_seconds) == len(validation_seconds) == 2 and min(train_seconds + validation_seconds) > 0
         assert train_seconds[1] + validation_seconds[1] < saved["accuracy"][name]["seconds"] - train_seconds[0]
-        assert saved["throughput"][f"{name}_images_per_second"] == pytest.approx(1024 / train_seconds[1], rel=1e-2)
+        assert speed == pytest.approx(1024 / train_seconds[1], rel=1e-2)
+        assert 0 <= saved["accuracy"][name]["val_accuracy"] <= 1
     assert saved["throughput"]["ratio"] == pytest.approx(
         saved["throughput"]["ours_images_per_second"] / saved["throughput"]["plain_images_per_second"], rel=1e-2
     )
@@ -261,6 +271,16 @@ def test_bench_runs_and_writes_its_json(tmp_path, sample_dir):
     before = {key: value for key, value in results.items() if key not in ("cpu", "cores")}  # a bench of session 9
     assert bench.format_table(before).splitlines()[1:] == table.splitlines()[2:]
     _check_table_prediction(table, skipped)
+    _check_table_training(table, saved, skipped)
+    # the other kind of record: a bench that timed bfloat16 training, or one that did not
+    if skipped is None:
+        other_saved = {**saved, "throughput": {**saved["throughput"], "bfloat16": {"skipped": bench.NOT_REQUESTED}}}
+        _check_table_training(bench.format_table(other_saved), other_saved, bench.NOT_REQUESTED)
+    else:
+        timed = {"images_per_second": 1234.5, "ratio": 1.5, "seconds_per_epoch": 0.8}
+        other_saved = {**saved, "throughput": {**saved["throughput"], "bfloat16": timed}}
+        other_saved["accuracy"] = {**saved["accuracy"], "ours_bfloat16": saved["accuracy"]["ours"]}
+        _check_table_training(bench.format_table(other_saved), other_saved, None)
 
     keras.utils.set_random_seed(0)
     other_skipped = bench.NOT_REQUESTED if skipped is None else None
@@ -287,6 +307,24 @@ def _check_prediction(prediction: dict, images: int, skipped: str | None, traine
         why = {"why": bench.NO_NATIVE_BFLOAT16_WHY} if skipped == bench.NO_NATIVE_BFLOAT16 else {}
         assert prediction["bfloat16"] == {"skipped": skipped, **why}
         assert "bfloat16_same_digit_as_float32" not in prediction
+
+
+def _check_table_training(table: str, saved: dict, skipped: str | None) -> None:
+    """The training rows have a column per timed pipeline, and the bfloat16 line its ratio or why not."""
+    lines = table.splitlines()
+    header = next(line for line in lines if line.split() and line.split()[0] == "ours")
+    speeds = next(line for line in lines if line.startswith("training images/s")).split()[2:]
+    bf16_line = next(line for line in lines if line.startswith("bfloat16 training (PRECISION=bfloat16): "))
+    t = saved["throughput"]
+    if skipped is None:
+        assert header.split() == ["ours", "plain", "ours", "bf16"]
+        assert speeds == [f"{t['ours_images_per_second']:.0f}", f"{t['plain_images_per_second']:.0f}"] + [
+            f"{t['bfloat16']['images_per_second']:.0f}"
+        ]
+        assert bf16_line.endswith(f": {t['bfloat16']['ratio']:.2f}x plain")
+    else:
+        assert header.split() == ["ours", "plain"] and len(speeds) == 2
+        assert bf16_line.endswith(f": {skipped}")
 
 
 def _check_table_prediction(table: str, skipped: str | None) -> None:

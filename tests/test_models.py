@@ -80,6 +80,35 @@ def test_only_foldable_batch_norms_are_folded(sample_train):
 def test_unknown_precision_is_refused():
     with pytest.raises(ValueError, match="unknown precision 'float16'; choose one of: float32, bfloat16"):
         models.inference_model(models.build_model("tiny"), "float16")
+    with pytest.raises(ValueError, match="unknown precision 'float16'"), models.precision_policy("float16"):
+        pass
+    assert keras.config.dtype_policy().name == "float32"
+
+
+@pytest.mark.parametrize("name", ["cnn", "cnn_pool"])
+def test_a_model_built_for_bfloat16_training_keeps_float32_weights_and_softmax(name, sample_train):
+    """PRECISION=bfloat16: the convs compute in bfloat16 on float32 weights, the softmax in float32, and the
+    policy is Keras' global one only while the model is built."""
+    with models.precision_policy("bfloat16"):
+        model = models.build_model(name)
+    assert keras.config.dtype_policy().name == "float32"  # restored
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert convs and all(layer.compute_dtype == "bfloat16" and layer.variable_dtype == "float32" for layer in convs)
+    assert all(weight.dtype == "float32" for weight in model.weights)
+    assert model.layers[-1].compute_dtype == "float32"
+    model.compile(optimizer="adam", loss="categorical_crossentropy")
+    images = sample_train.images[:64].astype(np.float32)
+    one_hot = np.eye(10, dtype=np.float32)[sample_train.labels[:64]]
+    before = [weight.numpy().copy() for weight in model.trainable_weights]
+    model.fit(images, one_hot, batch_size=32, epochs=1, verbose=0)  # gradients reach every float32 weight
+    assert all(not np.array_equal(b, w.numpy()) for b, w in zip(before, model.trainable_weights, strict=True))
+    probs = model.predict(images, verbose=0)
+    assert probs.dtype == np.float32
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    # its float32 inference copy (what `predict` uses) computes in float32 again, with the same weights
+    fast = models.inference_model(model)
+    assert all(layer.compute_dtype == "float32" for layer in fast.layers)
+    assert (predict(model, sample_train.images[:64]).argmax(1) == probs.argmax(1)).mean() >= 0.9
 
 
 def test_predict_follows_weight_changes(sample_train):

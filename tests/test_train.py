@@ -297,6 +297,29 @@ def test_second_process_on_the_same_run_is_refused(finished_run, sample_dir):
     assert f"{run_dir} is being trained by" in result.stderr and "RUN=<new name>" in result.stderr
 
 
+def test_a_bfloat16_run_trains_in_bfloat16_and_predicts_in_float32(tmp_path, sample_dir, sample_train):
+    """PRECISION=bfloat16: the fold models are built and saved computing in bfloat16; every prediction a run
+    writes (OOF, test, holdout) comes from their float32 inference copy; resuming in float32 is refused."""
+    import keras
+
+    from digits.models import inference_model
+
+    result = train_cli(sample_dir, tmp_path, "--folds", "2", "--epochs", "1", "--precision", "bfloat16", "--run", "b")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "epochs, batch 64, bfloat16, " in result.stdout  # the run's first line says it
+    run_dir = tmp_path / "b"
+    assert json.loads((run_dir / "config.json").read_text())["config"]["precision"] == "bfloat16"
+    model = keras.saving.load_model(run_dir / "fold_1" / "model.keras", safe_mode=True)
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert convs and all(layer.compute_dtype == "bfloat16" for layer in convs)
+    oof = np.load(run_dir / "fold_1" / "oof.npy")
+    images = sample_train.images[oof["row_id"]].astype("float32")
+    np.testing.assert_allclose(inference_model(model).predict(images, verbose=0), oof["probs"], atol=1e-5)
+    resumed = train_cli(sample_dir, tmp_path, "--run", "b", "--precision", "float32")
+    assert resumed.returncode == 2
+    assert "precision: run has 'bfloat16', asked 'float32'" in resumed.stderr
+
+
 def test_bad_data_stops_before_training_with_a_clear_error(tmp_path, sample_dir):
     bad = tmp_path / "bad"
     bad.mkdir()

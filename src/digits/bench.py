@@ -9,7 +9,9 @@ Out: `runs/bench/<date>.json` and a table on the terminal with, for the default 
     (which traces the step), without the validation passes;
   - the ceiling: the same train step on in-memory batches without augmentation (what the model's
     arithmetic alone allows; no input pipeline can do better);
-  - seconds per epoch of a 5-fold split (33,600 training images) for both;
+  - the same for ours with bfloat16 arithmetic (`make train PRECISION=bfloat16`), on the CPUs where bfloat16
+    prediction is timed (below);
+  - seconds per epoch of a 5-fold split (33,600 training images) for each;
   - validation accuracy of both after those epochs (no loss of accuracy), and the time ours takes to
     reach `--target` validation accuracy;
   - prediction images/s and the time a 5-fold ensemble takes to predict all of test.csv: plain
@@ -231,11 +233,12 @@ def run_benchmark(
     log=print,
     bfloat16: bool | None = None,
 ) -> dict:
-    """`bfloat16`: time bfloat16 prediction too (None: only on a CPU with native bfloat16, or one whose
-    instruction sets are unknown)."""
+    """`bfloat16`: time bfloat16 training and prediction too (None: only on a CPU with native bfloat16, or one
+    whose instruction sets are unknown)."""
     import keras
     import tensorflow as tf
 
+    from digits import models
     from digits.train import available_cores, configure_tensorflow, make_eval_dataset, make_train_dataset
 
     cfg = config_lib.resolve("default")
@@ -275,12 +278,15 @@ def run_benchmark(
     x_plain, y_plain = x_train.astype(np.float32), one_hot[y_train]
     accuracy: dict = {}
     speed: dict = {}
-    for name in ("ours", "plain"):
+    # ours once more with bfloat16 arithmetic (`make train PRECISION=bfloat16`), where bfloat16 prediction is timed
+    legs = ("ours", "plain") + (("ours_bfloat16",) if bfloat16_skipped is None else ())
+    for name in legs:
         keras.utils.set_random_seed(cfg.seed)
         started = time.perf_counter()
         timer = _EpochTimer(started)
-        if name == "ours":
-            model = _our_model(cfg, len(x_train), epochs)
+        if name.startswith("ours"):
+            with models.precision_policy("bfloat16" if name == "ours_bfloat16" else "float32"):
+                model = _our_model(cfg, len(x_train), epochs)
             model.fit(
                 make_train_dataset(x_train, y_train, cfg, seed=1),
                 epochs=epochs,
@@ -329,6 +335,14 @@ def run_benchmark(
         "ours_seconds_per_epoch": round(len(x_train) / speed["ours"], 1),
         "plain_seconds_per_epoch": round(len(x_train) / speed["plain"], 1),
     }
+    if "ours_bfloat16" in speed:
+        results["throughput"]["bfloat16"] = {
+            "images_per_second": round(speed["ours_bfloat16"], 1),
+            "ratio": round(speed["ours_bfloat16"] / speed["plain"], 3),
+            "seconds_per_epoch": round(len(x_train) / speed["ours_bfloat16"], 1),
+        }
+    else:
+        results["throughput"]["bfloat16"] = {"skipped": bfloat16_skipped}
     results["accuracy"] = accuracy
     results["peak_rss_mb"] = round(_peak_rss_mb(), 1)
     out = Path(out_dir) / f"{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
@@ -340,31 +354,30 @@ def run_benchmark(
 def format_table(results: dict) -> str:
     t, a, p = results["throughput"], results["accuracy"], results["prediction"]
     target_key = next(key for key in a["ours"] if key.startswith("seconds_to_"))
+    bf16 = t.get("bfloat16", {"skipped": "not timed (a bench written before session 17)"})
+    columns = ["ours", "plain"] + (["ours_bfloat16"] if "skipped" not in bf16 else [])
+    per_epoch = {"ours": t["ours_seconds_per_epoch"], "plain": t["plain_seconds_per_epoch"]}
+    speed = {"ours": t["ours_images_per_second"], "plain": t["plain_images_per_second"]}
+    if "skipped" not in bf16:
+        per_epoch["ours_bfloat16"], speed["ours_bfloat16"] = bf16["seconds_per_epoch"], bf16["images_per_second"]
     rows = [
-        ("training images/s", f"{t['ours_images_per_second']:.0f}", f"{t['plain_images_per_second']:.0f}"),
-        (
-            "seconds per epoch (33,600 images)",
-            f"{t['ours_seconds_per_epoch']:.1f}",
-            f"{t['plain_seconds_per_epoch']:.1f}",
-        ),
-        (
-            f"val accuracy after {results['epochs']} epochs",
-            f"{a['ours']['val_accuracy']:.4f}",
-            f"{a['plain']['val_accuracy']:.4f}",
-        ),
-        (
-            f"seconds to val accuracy {target_key.removeprefix('seconds_to_')}",
-            str(a["ours"][target_key]),
-            str(a["plain"][target_key]),
-        ),
+        ("training images/s", [f"{speed[c]:.0f}" for c in columns]),
+        (f"seconds per epoch ({results['train_images']:,} images)", [f"{per_epoch[c]:.1f}" for c in columns]),
+        (f"val accuracy after {results['epochs']} epochs", [f"{a[c]['val_accuracy']:.4f}" for c in columns]),
+        (f"seconds to val accuracy {target_key.removeprefix('seconds_to_')}", [str(a[c][target_key]) for c in columns]),
     ]
-    width = max(len(r[0]) for r in rows)
+    width = max(len(label) for label, _ in rows)
+    headings = {"ours": "ours", "plain": "plain", "ours_bfloat16": "ours bf16"}
     lines = []
     if "cpu" in results:  # benches written before session 10 did not record it
         lines.append(describe_cpu(results["cpu"], results["cores"]))
-    lines.append(f"{'':<{width}}  {'ours':>8}  {'plain':>8}")
-    lines += [f"{label:<{width}}  {ours:>8}  {plain:>8}" for label, ours, plain in rows]
+    lines.append(f"{'':<{width}}" + "".join(f"  {headings[c]:>9}" for c in columns))
+    lines += [f"{label:<{width}}" + "".join(f"  {value:>9}" for value in values) for label, values in rows]
     lines.append(f"speed-up in training images/s: {t['ratio']:.2f}x")
+    if "skipped" in bf16:
+        lines.append(f"bfloat16 training (PRECISION=bfloat16): {bf16['skipped']}")
+    else:
+        lines.append(f"bfloat16 training (PRECISION=bfloat16): {bf16['ratio']:.2f}x plain")
     lines.append(
         f"ceiling (the train step alone on in-memory batches, no augmentation): {t['ceiling_images_per_second']:.0f} "
         f"images/s = {t['ceiling_ratio']:.2f}x plain; no input pipeline can beat it"
@@ -402,8 +415,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--bfloat16",
         action="store_true",
-        help="time bfloat16 prediction even on a CPU without native bfloat16 (AVX512-BF16 or AMX), where it is "
-        "emulated and slower than float32",
+        help="time bfloat16 training and prediction even on a CPU without native bfloat16 (AVX512-BF16 or AMX), "
+        "where it is emulated and slower than float32",
     )
     args = parser.parse_args(argv)
     if args.epochs < 2:

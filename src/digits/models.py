@@ -11,8 +11,9 @@ processes, without the ~600 MB that TensorFlow's libraries take.
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -25,6 +26,24 @@ ModelBuilder = Callable[[int], "keras.Model"]
 MODELS: dict[str, ModelBuilder] = {}
 # Inference precisions (`inference_model`): name -> Keras dtype policy.
 PRECISIONS = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
+
+
+@contextlib.contextmanager
+def precision_policy(precision: str = "float32") -> Iterator[None]:
+    """Models built inside compute in `precision` (a name of PRECISIONS): Keras' global dtype policy for the
+    duration, restored afterwards (the layers keep theirs). With "bfloat16" the convs and activations run in
+    bfloat16 while the weights, the optimizer's state and every model's softmax (`dtype="float32"`) stay float32;
+    bfloat16 keeps float32's exponent range, so no loss scaling is needed."""
+    import keras
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision '{precision}'; choose one of: {', '.join(PRECISIONS)}")
+    before = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(PRECISIONS[precision])
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(before)
 
 
 def register(name: str) -> Callable[[ModelBuilder], ModelBuilder]:

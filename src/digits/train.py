@@ -382,7 +382,7 @@ def train_fold(
     state["pseudo"] = fold_data.pseudo_source  # saved with the state at every epoch end
     steps_per_epoch = int(np.ceil(len(fold_data.train_labels) / config.batch))
 
-    with distribution_strategy().scope():
+    with distribution_strategy().scope(), models.precision_policy(config.precision):
         model = models.build_model(config.fold_model(fold), dropout_scale=config.dropout_scale)
         model.compile(
             optimizer=optimizer(config, steps_per_epoch),
@@ -835,7 +835,7 @@ def train_run(
                 log(f"{run_dir}: fold(s) {','.join(map(str, skipped))} already finished; skipping them.")
             log(
                 f"run {run_dir.name}: {_models_of(config, todo)}, {config.epochs} epochs, batch "
-                f"{config.batch}, {available_cores()} core(s); artifacts in {run_dir}"
+                f"{config.batch}, {config.precision}, {available_cores()} core(s); artifacts in {run_dir}"
             )
             _return_freed_memory()
             run_started = time.perf_counter()
@@ -913,7 +913,7 @@ def resume_config(run_dir: Path, overrides: dict | None = None) -> Config:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     keys = ("folds", "epochs", "batch", "model", "seed", "only", "holdout", "holdout_seed")
-    keys += ("pseudo", "pseudo_confidence", "elastic")
+    keys += ("pseudo", "pseudo_confidence", "elastic", "precision")
     overrides = {key: getattr(args, key) for key in keys}
     overrides["dropout_scale"] = args.dropout
     overrides["deterministic"] = True if args.deterministic else None
@@ -967,6 +967,11 @@ def register_commands(commands) -> None:
     train.add_argument("--pseudo", help="a finished run (same folds) whose confident test predictions join training")
     train.add_argument("--pseudo-confidence", help="teacher probability needed for a pseudo-label (default 0.99)")
     train.add_argument("--elastic", help="elastic distortion strength (alpha; 0 = off, 34 = Simard's; sigma via --set)")
+    train.add_argument(
+        "--precision",
+        help="float32 (default), bfloat16 (about 1.35x faster with AMX or AVX512-BF16, slower without), or auto "
+        "(bfloat16 where the CPU has it natively)",
+    )
     train.add_argument("--dropout", help="multiply the model's dropout rates by this (1 = as built, 0 = off)")
     train.add_argument("--deterministic", action="store_true")
     train.add_argument("--set", action="append", metavar="KEY=VALUE", help="any other config field")
