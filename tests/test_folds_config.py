@@ -131,12 +131,17 @@ def test_config_round_trips_through_json():
     assert config_lib.from_dict(old).precision == "float32"
 
 
-def test_precision_auto_is_bfloat16_only_where_the_cpu_computes_it_natively():
+def test_precision_auto_is_bfloat16_only_on_a_cpu_with_amx():
     from digits import bench
 
-    native = bench.native_bfloat16(bench.cpu_info())
+    amx = "amx_bf16" in (bench.cpu_info()["flags"] or [])
     auto = config_lib.resolve("default", {"precision": "auto"})
-    assert auto.precision == ("bfloat16" if native else "float32") == config_lib.fast_precision()
+    assert auto.precision == ("bfloat16" if amx else "float32") == config_lib.fast_precision()
+    assert config_lib.fast_precision({"model": "Xeon", "flags": ["avx2", "avx512f", "avx512_bf16", "amx_bf16"]}) == (
+        "bfloat16"
+    )
+    for flags in (["avx2", "avx512f", "avx512_bf16"], ["avx2"], None):  # AVX512-BF16 alone trains no faster
+        assert config_lib.fast_precision({"model": "EPYC", "flags": flags}) == "float32"
     assert auto.to_dict()["precision"] in ("float32", "bfloat16")  # what the run records: never "auto"
     assert config_lib.resolve("default").precision == "float32"
     assert config_lib.resolve("default", {"precision": " BFloat16 "}).precision == "bfloat16"
@@ -175,7 +180,7 @@ def test_precision_auto_is_bfloat16_only_where_the_cpu_computes_it_natively():
         (
             "default",
             {"precision": "float16"},
-            r"PRECISION=float16: choose one of float32, bfloat16, or auto \(bfloat16",
+            r"PRECISION=float16: choose one of float32, bfloat16, or auto \(bfloat16 on CPUs with AMX",
         ),
         ("default", {"augment": "maybe"}, "augment='maybe' is not true or false"),
         ("default", {"pseudo": " "}, "PSEUDO is empty: give the name of a finished run"),

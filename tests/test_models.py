@@ -85,6 +85,32 @@ def test_unknown_precision_is_refused():
     assert keras.config.dtype_policy().name == "float32"
 
 
+def test_the_precision_policy_is_restored_when_building_fails():
+    with pytest.raises(RuntimeError, match="boom"), models.precision_policy("bfloat16"):
+        assert keras.config.dtype_policy().name == "mixed_bfloat16"
+        raise RuntimeError("boom")
+    assert keras.config.dtype_policy().name == "float32"
+
+
+def test_the_inference_copy_computes_its_softmax_in_float32_even_if_the_model_did_not():
+    """A model built for bfloat16 training whose output layer has no dtype of its own (unlike the registry's)."""
+    with models.precision_policy("bfloat16"):
+        inputs = keras.Input(models.INPUT_SHAPE)
+        x = keras.layers.Conv2D(4, 3, use_bias=False)(keras.layers.Rescaling(1 / 255)(inputs))
+        x = keras.layers.BatchNormalization()(x)
+        outputs = keras.layers.Dense(10, activation="softmax")(keras.layers.GlobalAveragePooling2D()(x))
+        model = keras.Model(inputs, outputs)
+    assert model.layers[-1].compute_dtype == "bfloat16"
+    for precision in models.PRECISIONS:
+        fast = models.inference_model(model, precision)
+        assert fast.layers[-1].compute_dtype == "float32"
+    copy = models.inference_model(model, fold_batch_norm=False)  # as a bfloat16 fold model is saved
+    assert [type(layer) for layer in copy.layers] == [type(layer) for layer in model.layers]
+    assert all(layer.compute_dtype == "float32" for layer in copy.layers)
+    for mine, theirs in zip(copy.weights, model.weights, strict=True):
+        np.testing.assert_array_equal(mine.numpy(), theirs.numpy())
+
+
 @pytest.mark.parametrize("name", ["cnn", "cnn_pool"])
 def test_a_model_built_for_bfloat16_training_keeps_float32_weights_and_softmax(name, sample_train):
     """PRECISION=bfloat16: the convs compute in bfloat16 on float32 weights, the softmax in float32, and the
@@ -105,10 +131,12 @@ def test_a_model_built_for_bfloat16_training_keeps_float32_weights_and_softmax(n
     probs = model.predict(images, verbose=0)
     assert probs.dtype == np.float32
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
-    # its float32 inference copy (what `predict` uses) computes in float32 again, with the same weights
+    # its float32 inference copy (what `predict` uses) computes in float32 again
     fast = models.inference_model(model)
     assert all(layer.compute_dtype == "float32" for layer in fast.layers)
-    assert (predict(model, sample_train.images[:64]).argmax(1) == probs.argmax(1)).mean() >= 0.9
+    float32_probs = predict(model, sample_train.images[:64])
+    assert not np.array_equal(float32_probs, probs)  # computed another way
+    assert (float32_probs.argmax(1) == probs.argmax(1)).mean() >= 0.9
 
 
 def test_predict_follows_weight_changes(sample_train):

@@ -297,27 +297,48 @@ def test_second_process_on_the_same_run_is_refused(finished_run, sample_dir):
     assert f"{run_dir} is being trained by" in result.stderr and "RUN=<new name>" in result.stderr
 
 
-def test_a_bfloat16_run_trains_in_bfloat16_and_predicts_in_float32(tmp_path, sample_dir, sample_train):
-    """PRECISION=bfloat16: the fold models are built and saved computing in bfloat16; every prediction a run
-    writes (OOF, test, holdout) comes from their float32 inference copy; resuming in float32 is refused."""
+def test_a_bfloat16_run_trains_in_bfloat16_and_predicts_in_float32(tmp_path, sample_dir, sample_train, sample_test):
+    """PRECISION=bfloat16: the fold models train in bfloat16 but are saved computing in float32, and every
+    prediction the run writes (OOF, test, holdout) is theirs; resuming it in float32 is refused, with auto not."""
     import keras
 
-    from digits.models import inference_model
+    from digits.train import predict
 
-    result = train_cli(sample_dir, tmp_path, "--folds", "2", "--epochs", "1", "--precision", "bfloat16", "--run", "b")
+    args = ("--folds", "2", "--epochs", "1", "--holdout", "0.2", "--precision", "bfloat16", "--run", "b")
+    result = train_cli(sample_dir, tmp_path, *args)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "epochs, batch 64, bfloat16, " in result.stdout  # the run's first line says it
     run_dir = tmp_path / "b"
     assert json.loads((run_dir / "config.json").read_text())["config"]["precision"] == "bfloat16"
+    history = pd.read_csv(run_dir / "fold_1" / "history.csv")
+    assert len(history) == 1 and history["val_accuracy"].between(0, 1).all()
     model = keras.saving.load_model(run_dir / "fold_1" / "model.keras", safe_mode=True)
-    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
-    assert convs and all(layer.compute_dtype == "bfloat16" for layer in convs)
+    assert all(layer.compute_dtype == "float32" for layer in model.layers)
     oof = np.load(run_dir / "fold_1" / "oof.npy")
     images = sample_train.images[oof["row_id"]].astype("float32")
-    np.testing.assert_allclose(inference_model(model).predict(images, verbose=0), oof["probs"], atol=1e-5)
-    resumed = train_cli(sample_dir, tmp_path, "--run", "b", "--precision", "float32")
-    assert resumed.returncode == 2
-    assert "precision: run has 'bfloat16', asked 'float32'" in resumed.stderr
+    np.testing.assert_allclose(model.predict(images, verbose=0), oof["probs"], atol=1e-5)
+    np.testing.assert_allclose(predict(model, sample_test), np.load(run_dir / "fold_1" / "test_probs.npy"), atol=1e-5)
+    holdout_rows = pd.read_csv(run_dir / "folds.csv").query("fold == -1")["row_id"].to_numpy()
+    holdout = np.load(run_dir / "fold_1" / "holdout_probs.npy")
+    np.testing.assert_allclose(predict(model, sample_train.images[holdout_rows]), holdout, atol=1e-5)
+    refused = train_cli(sample_dir, tmp_path, "--run", "b", "--precision", "float32")
+    assert refused.returncode == 2
+    assert "precision: run has 'bfloat16', asked 'float32'" in refused.stderr
+    again = train_cli(sample_dir, tmp_path, "--run", "b", "--precision", "auto")  # the run's own, on any CPU
+    assert again.returncode == 0 and "nothing to train" in again.stdout, again.stderr[-2000:]
+
+
+def test_a_bfloat16_run_warns_on_a_cpu_where_bfloat16_trains_no_faster():
+    from digits.train import slow_precision
+
+    xeon = {"model": "Xeon", "flags": ["avx2", "avx512f", "avx512_bf16", "amx_bf16"]}
+    assert slow_precision("bfloat16", xeon) is None and slow_precision("float32", xeon) is None
+    epyc = {"model": "AMD EPYC 9R14", "flags": ["avx2", "avx512f", "avx512_bf16"]}
+    assert "(AMD EPYC 9R14): it has AVX512-BF16 but not AMX" in slow_precision("bfloat16", epyc)
+    assert slow_precision("float32", epyc) is None
+    older = slow_precision("bfloat16", {"model": "EPYC", "flags": ["avx2"]})
+    assert "emulated and slower than float32" in older and "start a new run (RUN=<new name>)" in older
+    assert "instruction sets are unknown" in slow_precision("bfloat16", {"model": "arm", "flags": None})
 
 
 def test_bad_data_stops_before_training_with_a_clear_error(tmp_path, sample_dir):

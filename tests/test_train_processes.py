@@ -111,10 +111,11 @@ def test_deterministic_runs_with_the_same_seed_are_identical(sample_dir, tmp_pat
 
 
 def test_ctrl_c_stops_the_folds_process_too_and_the_rerun_resumes(sample_dir, tmp_path):
-    """SIGINT to the process group (Ctrl-C in a terminal): exit 130 with the resume hint, no process left training."""
+    """SIGINT to the process group (Ctrl-C in a terminal): exit 130 with the resume hint, no process left training.
+    The run trains in bfloat16, so a bfloat16 fold resumes from its backup here (the killed run above: float32)."""
     runs_dir = tmp_path / "runs"
     epochs = 8
-    args = ("--folds", "2", "--only", "0", "--epochs", epochs, "--run", "r")  # one fold is enough here
+    args = ("--folds", "2", "--only", "0", "--epochs", epochs, "--precision", "bfloat16", "--run", "r")  # one fold
     command = digits_command(*tiny_train_args(sample_dir, runs_dir, *args))
     state_path = runs_dir / "r" / "fold_0" / "backup" / "state.json"
     process = subprocess.Popen(

@@ -9,18 +9,19 @@ Out: `runs/bench/<date>.json` and a table on the terminal with, for the default 
     (which traces the step), without the validation passes;
   - the ceiling: the same train step on in-memory batches without augmentation (what the model's
     arithmetic alone allows; no input pipeline can do better);
-  - the same for ours with bfloat16 arithmetic (`make train PRECISION=bfloat16`), on the CPUs where bfloat16
-    prediction is timed (below);
+  - ours again with bfloat16 arithmetic (`make train PRECISION=bfloat16`), its ratio over plain and over ours
+    in float32, on the CPUs where bfloat16 prediction is timed (below); it pays for training only with AMX;
   - seconds per epoch of a 5-fold split (33,600 training images) for each;
-  - validation accuracy of both after those epochs (no loss of accuracy), and the time ours takes to
+  - validation accuracy of each after those epochs (no loss of accuracy), and the time each takes to
     reach `--target` validation accuracy;
   - prediction images/s and the time a 5-fold ensemble takes to predict all of test.csv: plain
     `model.predict`, ours in float32 (batch norm folded into the convs) and ours in bfloat16. bfloat16 is timed
     on a CPU with native bfloat16 (AVX512-BF16 or AMX) or unknown instruction sets, and with `--bfloat16`; on
-    other CPUs it is emulated and about 1.8x slower than float32, and timing it would add half a minute for
-    nothing;
+    other CPUs it is emulated (prediction took 1.8x float32's time on an AVX2 CPU), and timing it would add
+    minutes for nothing;
   - peak resident memory, and the CPU with the instruction sets that decide these speeds (AVX-512 trains this
-    model about 3x faster than AVX2 alone; bfloat16 pays only with native AVX512-BF16 or AMX).
+    model about 3x faster than AVX2 alone; bfloat16 predicts faster with native AVX512-BF16 or AMX, and trains
+    faster only with AMX).
 Speeds on a shared machine vary from run to run: compare the ratio measured within one run.
 """
 
@@ -270,16 +271,18 @@ def run_benchmark(
     }
 
     # 1. Each pipeline trains `epochs` epochs from scratch with validation after every epoch: the training
-    # seconds of epochs 2.. give its steady-state images/s, the last epoch its accuracy.
+    # seconds of epochs 2.. give its steady-state images/s, the last epoch its accuracy. Ours once more with
+    # bfloat16 arithmetic (`make train PRECISION=bfloat16`) where bfloat16 prediction is timed.
+    legs = ("ours", "plain") + (("ours_bfloat16",) if bfloat16_skipped is None else ())
     log(
-        f"ours (batch {cfg.batch}) and plain model.fit (batch 64): {epochs} epochs of {len(x_train):,} images each, "
-        f"a cosine schedule over {epochs} epochs, validation on {len(x_val):,}"
+        f"ours (batch {cfg.batch}), plain model.fit (batch 64)"
+        + (", ours in bfloat16" if "ours_bfloat16" in legs else "")
+        + f": {epochs} epochs of {len(x_train):,} images each, a cosine schedule over {epochs} epochs, "
+        f"validation on {len(x_val):,}"
     )
     x_plain, y_plain = x_train.astype(np.float32), one_hot[y_train]
     accuracy: dict = {}
     speed: dict = {}
-    # ours once more with bfloat16 arithmetic (`make train PRECISION=bfloat16`), where bfloat16 prediction is timed
-    legs = ("ours", "plain") + (("ours_bfloat16",) if bfloat16_skipped is None else ())
     for name in legs:
         keras.utils.set_random_seed(cfg.seed)
         started = time.perf_counter()
@@ -339,6 +342,7 @@ def run_benchmark(
         results["throughput"]["bfloat16"] = {
             "images_per_second": round(speed["ours_bfloat16"], 1),
             "ratio": round(speed["ours_bfloat16"] / speed["plain"], 3),
+            "ratio_over_ours_float32": round(speed["ours_bfloat16"] / speed["ours"], 3),
             "seconds_per_epoch": round(len(x_train) / speed["ours_bfloat16"], 1),
         }
     else:
@@ -377,7 +381,10 @@ def format_table(results: dict) -> str:
     if "skipped" in bf16:
         lines.append(f"bfloat16 training (PRECISION=bfloat16): {bf16['skipped']}")
     else:
-        lines.append(f"bfloat16 training (PRECISION=bfloat16): {bf16['ratio']:.2f}x plain")
+        lines.append(
+            f"bfloat16 training (PRECISION=bfloat16): {bf16['ratio']:.2f}x plain, "
+            f"{bf16['ratio_over_ours_float32']:.2f}x ours in float32"
+        )
     lines.append(
         f"ceiling (the train step alone on in-memory batches, no augmentation): {t['ceiling_images_per_second']:.0f} "
         f"images/s = {t['ceiling_ratio']:.2f}x plain; no input pipeline can beat it"

@@ -55,8 +55,8 @@ class Config:
     elastic_sigma: float = 4.0
     deterministic: bool = False
     # the precision of the training arithmetic: "float32", or "bfloat16" (Keras' mixed_bfloat16: bfloat16 convs and
-    # activations, float32 weights, optimizer and softmax). bfloat16 trains about 1.35x faster on CPUs with AMX or
-    # AVX512-BF16 and about 1.8x slower elsewhere (emulated); `resolve` turns "auto" into the fast one for this CPU.
+    # activations, float32 weights, optimizer and softmax). bfloat16 trains about 1.35x faster on CPUs with AMX, no
+    # faster with AVX512-BF16 alone, slower without either (emulated); `resolve` turns "auto" into the fast one.
     # The default stays float32, so a config.json written before this setting existed reads as it trained
     precision: str = "float32"
     # pseudo-labels: the test digits that a finished run (the teacher) predicts with at least this confidence join
@@ -118,12 +118,15 @@ PRESETS: dict[str, dict] = {
 PRECISIONS = ("float32", "bfloat16")
 
 
-def fast_precision() -> str:
-    """ "bfloat16" on a CPU that computes it natively (AMX or AVX512-BF16), else "float32" (also when the CPU's
-    instruction sets are unknown: emulated bfloat16 would train about 1.8x slower)."""
-    from digits.bench import cpu_info, native_bfloat16
+def fast_precision(cpu: dict | None = None) -> str:
+    """ "bfloat16" on a CPU with AMX (Intel Xeon since Sapphire Rapids), else "float32". AVX512-BF16 alone is not
+    enough: on such an AMD EPYC, bfloat16 training ran no faster than float32 (its backward-to-weights
+    convolutions are as slow; docs/experiments.md), and without either it is emulated and about 1.8x slower.
+    `cpu`: `bench.cpu_info()`'s record (default: this machine's)."""
+    from digits.bench import cpu_info
 
-    return "bfloat16" if native_bfloat16(cpu_info()) else "float32"
+    flags = (cpu or cpu_info())["flags"] or []
+    return "bfloat16" if "amx_bf16" in flags else "float32"
 
 
 def resolve(preset: str = "default", overrides: dict | None = None) -> Config:
@@ -235,7 +238,7 @@ def validate(config: Config) -> None:
     if config.precision not in PRECISIONS:
         fail(
             f"PRECISION={config.precision}: choose one of {', '.join(PRECISIONS)}, or auto (bfloat16 on CPUs with "
-            f"AMX or AVX512-BF16, float32 elsewhere)"
+            f"AMX, float32 elsewhere)"
         )
     if config.batch < 1:
         fail(f"BATCH={config.batch}: the batch size must be at least 1 (128 is the default)")

@@ -83,6 +83,25 @@ def configure_tensorflow(config: Config) -> None:
         tf.config.threading.set_inter_op_parallelism_threads(min(cores, 2))
 
 
+def slow_precision(precision: str, cpu: dict | None = None) -> str | None:
+    """Why training in `precision` is slow on this CPU (`cpu`: `bench.cpu_info()`'s record), or None."""
+    from digits.bench import cpu_info, native_bfloat16
+
+    cpu = cpu or cpu_info()
+    if precision != "bfloat16" or "amx_bf16" in (cpu["flags"] or []):
+        return None
+    native = native_bfloat16(cpu)
+    why = {
+        True: "it has AVX512-BF16 but not AMX, with which bfloat16 trained no faster than float32",
+        False: "it lacks native bfloat16 (AVX512-BF16, AMX), so bfloat16 is emulated and slower than float32",
+        None: "its instruction sets are unknown; bfloat16 trains faster only with AMX",
+    }[native]
+    return (
+        f"PRECISION=bfloat16 on this CPU ({cpu['model']}): {why}. To train in float32, start a new run "
+        f"(RUN=<new name>) with PRECISION=float32 or auto."
+    )
+
+
 def distribution_strategy():
     import tensorflow as tf
 
@@ -423,8 +442,11 @@ def train_fold(
     holdout_last_probs = predict(model, holdout_images) if has_holdout else None
     # Restore the best epoch, save the fold's model, predict what the reports and the ensemble need.
     model.load_weights(backup_dir / state["best_file"])
+    # saved computing in float32 whatever it trained in, so that loading model.keras and calling it predicts as
+    # every figure of the run was predicted (`predict`: the float32 inference copy)
+    saved = model if config.precision == "float32" else models.inference_model(model, fold_batch_norm=False)
     with fileio.atomic_path(fold_dir / "model.keras") as tmp:
-        model.save(tmp)
+        saved.save(tmp)
     predict_started = time.perf_counter()
     val_probs = predict(model, fold_data.val_images)
     predict_seconds = time.perf_counter() - predict_started
@@ -837,6 +859,9 @@ def train_run(
                 f"run {run_dir.name}: {_models_of(config, todo)}, {config.epochs} epochs, batch "
                 f"{config.batch}, {config.precision}, {available_cores()} core(s); artifacts in {run_dir}"
             )
+            slow = slow_precision(config.precision)
+            if slow:
+                log(f"warning: {slow}")
             _return_freed_memory()
             run_started = time.perf_counter()
             for position, fold in enumerate(todo):
@@ -908,6 +933,8 @@ def resume_config(run_dir: Path, overrides: dict | None = None) -> Config:
     saved = config_lib.from_dict(json.loads((run_dir / "config.json").read_text())["config"])
     base = {key: value for key, value in saved.to_dict().items() if key not in ("preset", "only")}
     given = {key: value for key, value in (overrides or {}).items() if value is not None}
+    if str(given.get("precision", "")).strip().lower() == "auto":  # the run's own precision, whatever this CPU is
+        del given["precision"]
     return config_lib.resolve(saved.preset, {**base, **given})
 
 
@@ -969,8 +996,8 @@ def register_commands(commands) -> None:
     train.add_argument("--elastic", help="elastic distortion strength (alpha; 0 = off, 34 = Simard's; sigma via --set)")
     train.add_argument(
         "--precision",
-        help="float32 (default), bfloat16 (about 1.35x faster with AMX or AVX512-BF16, slower without), or auto "
-        "(bfloat16 where the CPU has it natively)",
+        help="float32 (default), bfloat16 (about 1.35x faster on CPUs with AMX; no faster with AVX512-BF16 alone, "
+        "slower without native bfloat16), or auto (bfloat16 where the CPU has AMX)",
     )
     train.add_argument("--dropout", help="multiply the model's dropout rates by this (1 = as built, 0 = off)")
     train.add_argument("--deterministic", action="store_true")
