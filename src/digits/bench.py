@@ -5,8 +5,9 @@ Out: `runs/bench/<date>.json` and a table on the terminal with, for the default 
   - training images/s in steady state, our pipeline (tf.data, batch from the config, parallel
     augmentation, prefetch) and the plain baseline (`model.fit` on in-memory float32 arrays with
     the augmentation layers inside the model, batch 64), and their ratio. Each trains `--epochs`
-    epochs (3) from scratch; the speed is taken from the training time of every epoch but the first
-    (which traces the step), without the validation passes;
+    epochs (3) from scratch, the pipelines taking turns epoch by epoch (so a change of the host's speed
+    hits them alike); the speed is taken from the training time of every epoch but the first (which
+    traces the step), without the validation passes;
   - the ceiling: the same train step on in-memory batches without augmentation (what the model's
     arithmetic alone allows; no input pipeline can do better);
   - ours again with bfloat16 arithmetic (`make train PRECISION=bfloat16`), its ratio over plain and over ours
@@ -85,7 +86,9 @@ def _peak_rss_mb() -> float:
 
 class _EpochTimer:
     """Per epoch: the seconds spent training (from the epoch's start to its validation) and validating, the
-    wall time since `started` at its end, and the validation accuracy (a Keras callback, built lazily)."""
+    pipeline's own time at its end (from `started` to the end of its first epoch, plus each later epoch from its
+    start to its end: the bench interleaves the pipelines' epochs, and another's are not counted), and the
+    validation accuracy (a Keras callback, built lazily)."""
 
     def __new__(cls, started: float, clock=time.perf_counter):
         import keras
@@ -95,8 +98,9 @@ class _EpochTimer:
                 super().__init__()
                 self.train_seconds: list[float] = []
                 self.validation_seconds: list[float] = []
-                self.records: list[tuple[float, float]] = []  # (seconds since `started`, val accuracy)
+                self.records: list[tuple[float, float]] = []  # (the pipeline's own seconds, val accuracy)
                 self._epoch_started = self._validation_started = self._validation_ended = None
+                self._elapsed = 0.0
 
             def on_epoch_begin(self, epoch, logs=None):
                 self._epoch_started, self._validation_started, self._validation_ended = clock(), None, None
@@ -113,7 +117,8 @@ class _EpochTimer:
                     self._validation_started = self._validation_ended = now
                 self.train_seconds.append(self._validation_started - self._epoch_started)
                 self.validation_seconds.append(self._validation_ended - self._validation_started)
-                self.records.append((now - started, float((logs or {}).get("val_accuracy", 0.0))))
+                self._elapsed += now - (self._epoch_started if self.records else started)
+                self.records.append((self._elapsed, float((logs or {}).get("val_accuracy", 0.0))))
 
             def steady_images_per_second(self, images: int) -> float:
                 """Training images/s over every epoch but the first (which traces and compiles the step)."""
@@ -270,7 +275,8 @@ def run_benchmark(
         "batch": cfg.batch,
     }
 
-    # 1. Each pipeline trains `epochs` epochs from scratch with validation after every epoch: the training
+    # 1. Each pipeline trains `epochs` epochs from scratch with validation after every epoch (the pipelines
+    # taking turns, epoch by epoch): the training
     # seconds of epochs 2.. give its steady-state images/s, the last epoch its accuracy. Ours once more with
     # bfloat16 arithmetic (`make train PRECISION=bfloat16`) where bfloat16 prediction is timed.
     legs = ("ours", "plain") + (("ours_bfloat16",) if bfloat16_skipped is None else ())
@@ -283,32 +289,34 @@ def run_benchmark(
     x_plain, y_plain = x_train.astype(np.float32), one_hot[y_train]
     accuracy: dict = {}
     speed: dict = {}
+    built: dict = {}  # name -> (model, timer, the arguments of its `fit`)
     for name in legs:
         keras.utils.set_random_seed(cfg.seed)
-        started = time.perf_counter()
-        timer = _EpochTimer(started)
+        timer = _EpochTimer(time.perf_counter())
         if name.startswith("ours"):
             with models.precision_policy("bfloat16" if name == "ours_bfloat16" else "float32"):
                 model = _our_model(cfg, len(x_train), epochs)
-            model.fit(
-                make_train_dataset(x_train, y_train, cfg, seed=1),
-                epochs=epochs,
-                verbose=0,
-                shuffle=False,  # the dataset shuffles itself
-                callbacks=[timer],
-                validation_data=make_eval_dataset(x_val, y_val),
-            )
+            arguments = {
+                "x": make_train_dataset(x_train, y_train, cfg, seed=1),
+                "shuffle": False,  # the dataset shuffles itself
+                "validation_data": make_eval_dataset(x_val, y_val),
+            }
         else:
             model = _compile(_plain_model(cfg), cfg, int(np.ceil(len(x_train) / 64)), epochs)
-            model.fit(
-                x_plain,
-                y_plain,
-                batch_size=64,
-                epochs=epochs,
-                verbose=0,
-                callbacks=[timer],
-                validation_data=(x_val.astype(np.float32), one_hot[y_val]),
-            )
+            arguments = {
+                "x": x_plain,
+                "y": y_plain,
+                "batch_size": 64,
+                "validation_data": (x_val.astype(np.float32), one_hot[y_val]),
+            }
+        built[name] = model, timer, arguments
+    # The pipelines take turns epoch by epoch (ours, plain, ours in bfloat16, ours, ...): this host switches
+    # between two speeds about 2x apart for minutes at a time, and turns of a minute or less expose every
+    # pipeline to both alike, where one pipeline after the other could catch one speed each.
+    for epoch in range(epochs):
+        for model, timer, arguments in built.values():
+            model.fit(**arguments, epochs=epoch + 1, initial_epoch=epoch, verbose=0, callbacks=[timer])
+    for name, (_, timer, _) in built.items():
         speed[name] = timer.steady_images_per_second(len(x_train))
         reached = next((seconds for seconds, acc in timer.records if acc >= target), None)
         accuracy[name] = {
@@ -320,14 +328,16 @@ def run_benchmark(
         }
         log(
             f"  {name}: {speed[name]:,.0f} training images/s, val accuracy {timer.records[-1][1]:.4f} after "
-            f"{timer.records[-1][0]:.0f} s"
+            f"{timer.records[-1][0]:.0f} s of its own"
         )
-        if name == "ours":
-            results["prediction"] = _prediction_speed(model, test, log, bfloat16_skipped)
-            # 2. The ceiling, on the trained model (the step costs the same whatever the weights).
-            speed["ceiling"] = _ceiling_images_per_second(model, x_plain, y_plain, cfg.batch)
-            log(f"  ceiling (the train step alone, batches in memory): {speed['ceiling']:,.0f} images/s")
-        keras.utils.clear_session(free_memory=True)
+    model = built["ours"][0]
+    built.clear()
+    results["prediction"] = _prediction_speed(model, test, log, bfloat16_skipped)
+    # 2. The ceiling, on the trained model (the step costs the same whatever the weights).
+    speed["ceiling"] = _ceiling_images_per_second(model, x_plain, y_plain, cfg.batch)
+    log(f"  ceiling (the train step alone, batches in memory): {speed['ceiling']:,.0f} images/s")
+    del model
+    keras.utils.clear_session(free_memory=True)
     results["throughput"] = {
         "measured_on": "the training seconds of epochs 2.. of the runs below (1 if only one epoch)",
         "ours_images_per_second": round(speed["ours"], 1),
