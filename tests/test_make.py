@@ -207,7 +207,7 @@ def test_bench_times_training_and_validation_apart_and_leaves_the_first_epoch_ou
     from digits import bench
 
     ticks = iter([10.0, 15.0, 16.0, 16.5, 17.0, 20.0, 21.0, 21.2, 22.0, 25.0])
-    timer = bench._EpochTimer(10.0, clock=lambda: next(ticks))
+    timer = bench._EpochTimer(head_start=0.5, clock=lambda: next(ticks))
     for epoch, validates in ((0, True), (1, True), (2, False)):
         timer.on_epoch_begin(epoch)
         if validates:
@@ -217,9 +217,9 @@ def test_bench_times_training_and_validation_apart_and_leaves_the_first_epoch_ou
 
     assert timer.train_seconds == [5.0, 3.0, 3.0]
     assert timer.validation_seconds == [1.0, 1.0, 0.0]
-    # its own time: from `started` to the end of epoch 1, then each epoch from its start (the 0.5 s between
-    # epochs 1 and 2, when another pipeline trains in the bench, is not counted)
-    assert timer.records == [(6.5, 0.5), (10.7, 0.6), (13.7, 0.0)]
+    # its own time: the head start (building the model), then each epoch from its start to its end (the 0.5 s
+    # between epochs 1 and 2, when another pipeline trains in the bench, is not counted)
+    assert timer.records == [(7.0, 0.5), (11.2, 0.6), (14.2, 0.0)]
     assert timer.steady_images_per_second(600) == pytest.approx(600 / 3)
 
 

@@ -86,11 +86,11 @@ def _peak_rss_mb() -> float:
 
 class _EpochTimer:
     """Per epoch: the seconds spent training (from the epoch's start to its validation) and validating, the
-    pipeline's own time at its end (from `started` to the end of its first epoch, plus each later epoch from its
-    start to its end: the bench interleaves the pipelines' epochs, and another's are not counted), and the
-    validation accuracy (a Keras callback, built lazily)."""
+    pipeline's own time at its end (`head_start`, the seconds it took to build, plus each epoch from its start to
+    its end: the bench interleaves the pipelines' epochs, and another's are not counted), and the validation
+    accuracy (a Keras callback, built lazily)."""
 
-    def __new__(cls, started: float, clock=time.perf_counter):
+    def __new__(cls, head_start: float = 0.0, clock=time.perf_counter):
         import keras
 
         class Timer(keras.callbacks.Callback):
@@ -100,7 +100,7 @@ class _EpochTimer:
                 self.validation_seconds: list[float] = []
                 self.records: list[tuple[float, float]] = []  # (the pipeline's own seconds, val accuracy)
                 self._epoch_started = self._validation_started = self._validation_ended = None
-                self._elapsed = 0.0
+                self._elapsed = head_start
 
             def on_epoch_begin(self, epoch, logs=None):
                 self._epoch_started, self._validation_started, self._validation_ended = clock(), None, None
@@ -117,7 +117,7 @@ class _EpochTimer:
                     self._validation_started = self._validation_ended = now
                 self.train_seconds.append(self._validation_started - self._epoch_started)
                 self.validation_seconds.append(self._validation_ended - self._validation_started)
-                self._elapsed += now - (self._epoch_started if self.records else started)
+                self._elapsed += now - self._epoch_started
                 self.records.append((self._elapsed, float((logs or {}).get("val_accuracy", 0.0))))
 
             def steady_images_per_second(self, images: int) -> float:
@@ -292,7 +292,7 @@ def run_benchmark(
     built: dict = {}  # name -> (model, timer, the arguments of its `fit`)
     for name in legs:
         keras.utils.set_random_seed(cfg.seed)
-        timer = _EpochTimer(time.perf_counter())
+        build_started = time.perf_counter()
         if name.startswith("ours"):
             with models.precision_policy("bfloat16" if name == "ours_bfloat16" else "float32"):
                 model = _our_model(cfg, len(x_train), epochs)
@@ -309,7 +309,7 @@ def run_benchmark(
                 "batch_size": 64,
                 "validation_data": (x_val.astype(np.float32), one_hot[y_val]),
             }
-        built[name] = model, timer, arguments
+        built[name] = model, _EpochTimer(head_start=time.perf_counter() - build_started), arguments
     # The pipelines take turns epoch by epoch (ours, plain, ours in bfloat16, ours, ...): this host switches
     # between two speeds about 2x apart for minutes at a time, and turns of a minute or less expose every
     # pipeline to both alike, where one pipeline after the other could catch one speed each.
