@@ -255,3 +255,51 @@ def test_weight_decay_shrinks_kernels_only_and_zero_keeps_plain_adam(weight_deca
         expected = before[v.path] * (shrink if kind == "kernel" else 1.0)
         np.testing.assert_allclose(v.numpy(), expected, rtol=1e-6, err_msg=v.path)
     assert {"kernel", "gamma", "beta", "bias"} <= kinds
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_the_fused_batch_norm_computes_what_keras_batch_norm_does(precision):
+    """Outputs, gradients and moving statistics of one training step, and inference, against Keras' own layer
+    with the same weights; in bfloat16 to bfloat16's rounding."""
+    import tensorflow as tf
+
+    fused_kind = models.fused_batch_norm_layer()
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(2.0, 3.0, (16, 6, 6, 5)).astype(np.float32))
+    with models.precision_policy(precision):
+        fused, plain = fused_kind(momentum=0.9), keras.layers.BatchNormalization(momentum=0.9)
+    for layer in (fused, plain):
+        layer.build(x.shape)
+        layer.gamma.assign(rng.uniform(0.5, 1.5, 5).astype(np.float32) if layer is fused else fused.gamma.numpy())
+        layer.beta.assign(rng.uniform(-1, 1, 5).astype(np.float32) if layer is fused else fused.beta.numpy())
+    results = {}
+    for layer in (fused, plain):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, training=True)
+            loss = tf.reduce_sum(tf.cast(y, tf.float32) * tf.linspace(0.0, 1.0, 5))
+        grads = tape.gradient(loss, [x, layer.gamma, layer.beta])
+        results[layer is fused] = [y, *grads, layer.moving_mean, layer.moving_variance, layer(x, training=False)]
+    assert results[True][0].dtype == results[False][0].dtype == ("bfloat16" if precision == "bfloat16" else "float32")
+    tolerance = {"float32": 1e-4, "bfloat16": 3e-2}[precision]
+    names = ("outputs", "input gradient", "gamma gradient", "beta gradient", "moving mean", "moving variance")
+    for name, mine, theirs in zip((*names, "inference"), results[True], results[False], strict=True):
+        mine, theirs = np.asarray(tf.cast(mine, tf.float32)), np.asarray(tf.cast(theirs, tf.float32))
+        scale = max(1.0, float(np.abs(theirs).max()))
+        assert np.abs(mine - theirs).max() <= tolerance * scale, name
+    assert not np.allclose(results[True][4], 0)  # the moving mean moved (towards 2)
+
+
+def test_models_train_with_the_fused_batch_norm_and_save_keras_own(tmp_path):
+    model = models.build_model("cnn")
+    kinds = {type(layer) for layer in model.layers}
+    assert models.fused_batch_norm_layer() in kinds and keras.layers.BatchNormalization not in kinds
+    plain = models.build_model("cnn", fused_batch_norm=False)  # make bench's plain baseline
+    assert models.fused_batch_norm_layer() not in {type(layer) for layer in plain.layers}
+    assert [w.shape for w in plain.weights] == [w.shape for w in model.weights]
+    saved = models.inference_model(model, fold_batch_norm=False)
+    assert {type(layer) for layer in saved.layers} == {
+        keras.layers.BatchNormalization if kind is models.fused_batch_norm_layer() else kind for kind in kinds
+    }
+    saved.save(tmp_path / "model.keras")
+    assert "FusedBatchNormalization" not in (tmp_path / "model.keras").read_bytes().decode("latin-1")

@@ -134,7 +134,7 @@ def _plain_model(cfg: config_lib.Config):
 
     from digits.models import augmenter, build_model
 
-    inner = build_model(cfg.model, dropout_scale=cfg.dropout_scale)
+    inner = build_model(cfg.model, dropout_scale=cfg.dropout_scale, fused_batch_norm=False)  # Keras' own layers
     inputs = keras.Input(inner.input_shape[1:])
     x = augmenter(cfg.rotation, cfg.zoom, cfg.shift, seed=cfg.seed)(inputs)
     return keras.Model(inputs, inner(x))

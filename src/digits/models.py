@@ -12,6 +12,7 @@ processes, without the ~600 MB that TensorFlow's libraries take.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
@@ -55,12 +56,24 @@ def register(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
     return add
 
 
-def build_model(name: str, num_classes: int = 10, dropout_scale: float = 1.0) -> keras.Model:
+# Whether `_conv_bn` builds the fused batch norm (`build_model`'s `fused_batch_norm`, for the duration of a build).
+_FUSED_BATCH_NORM = contextvars.ContextVar("fused_batch_norm", default=True)
+
+
+def build_model(
+    name: str, num_classes: int = 10, dropout_scale: float = 1.0, fused_batch_norm: bool = True
+) -> keras.Model:
     """The registry's model `name`, with every dropout rate multiplied by `dropout_scale` (1 keeps the
-    architecture's own rates; 0 turns dropout off, as short schedules that underfit may want)."""
+    architecture's own rates; 0 turns dropout off, as short schedules that underfit may want).
+    `fused_batch_norm=False`: Keras' own BatchNormalization instead of `FusedBatchNormalization` (the same
+    function and weights, trained by Keras' generic ops: the plain baseline of `make bench`)."""
     if name not in MODELS:
         raise KeyError(f"unknown model '{name}'; choose one of: {', '.join(sorted(MODELS))}")
-    model = MODELS[name](num_classes)
+    token = _FUSED_BATCH_NORM.set(fused_batch_norm)
+    try:
+        model = MODELS[name](num_classes)
+    finally:
+        _FUSED_BATCH_NORM.reset(token)
     if dropout_scale != 1.0:
         from keras import layers
 
@@ -82,8 +95,48 @@ def _conv_bn(x, filters: int, kernel: int, strides: int = 1, padding: str = "val
     # Keras' 0.99: the moving statistics settle within ~50 steps, so short runs on small data (the
     # demo's few hundred steps) validate well too; on the full data it makes no difference.
     x = layers.Conv2D(filters, kernel, strides=strides, padding=padding, use_bias=False)(x)
-    x = layers.BatchNormalization(momentum=0.9)(x)
+    batch_norm = fused_batch_norm_layer() if _FUSED_BATCH_NORM.get() else layers.BatchNormalization
+    x = batch_norm(momentum=0.9)(x)
     return layers.Activation("relu")(x)
+
+
+@functools.cache
+def fused_batch_norm_layer() -> type:
+    """Keras' BatchNormalization, trained by TensorFlow's fused kernel (`FusedBatchNormV3`: one op forward, one
+    backward, oneDNN's on x86) instead of Keras' generic ones (moments, then the normalisation, each a chain of
+    elementwise ops, with casts to and from float32 around them in bfloat16). The same function, weights and
+    moving statistics (batch statistics in float32 whatever the input's precision); the train step of the
+    default model ran about 2x faster with it in bfloat16 on an AMX CPU (docs/experiments.md). Inference (and
+    any case the fused kernel does not cover: not 4-D, not channels-last, masked, frozen) is Keras' own code.
+    A saved model holds Keras' BatchNormalization in its place (`inference_model(..., fold_batch_norm=False)`),
+    so model.keras loads without this project's code."""
+    import tensorflow as tf
+    from keras import layers
+
+    class FusedBatchNormalization(layers.BatchNormalization):
+        def call(self, inputs, training=None, mask=None):
+            if not (training and self.trainable) or mask is not None or len(inputs.shape) != 4 or self.axis != -1:
+                return super().call(inputs, training=training, mask=mask)
+            channels = inputs.shape[-1]
+            gamma = tf.cast(self.gamma, tf.float32) if self.scale else tf.ones((channels,), tf.float32)
+            beta = tf.cast(self.beta, tf.float32) if self.center else tf.zeros((channels,), tf.float32)
+            outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+                inputs, gamma, beta, epsilon=self.epsilon, data_format="NHWC", is_training=True
+            )
+            # as Keras updates them: with the batch's biased variance, as Keras' moments give it (the fused kernel
+            # returns it with Bessel's correction, n / (n - 1), for n values per channel)
+            count = tf.cast(tf.reduce_prod(tf.shape(inputs)[:-1]), tf.float32)
+            variance = variance * tf.maximum(count - 1, 1) / count
+            momentum = self.momentum
+            self.moving_mean.assign(
+                self.moving_mean * momentum + tf.cast(mean, self.moving_mean.dtype) * (1 - momentum)
+            )
+            self.moving_variance.assign(
+                self.moving_variance * momentum + tf.cast(variance, self.moving_variance.dtype) * (1 - momentum)
+            )
+            return tf.cast(outputs, self.compute_dtype)
+
+    return FusedBatchNormalization
 
 
 @register("cnn")
@@ -326,7 +379,10 @@ def inference_model(model: keras.Model, precision: str = "float32", fold_batch_n
             config["use_bias"] = True
         if "dtype" in config:
             config["dtype"] = policy if layer.name != output_layer else "float32"
-        return layer.__class__.from_config(config)
+        kind = layer.__class__
+        if kind is fused_batch_norm_layer():  # the same layer to Keras, which can load it without our code
+            kind = keras.layers.BatchNormalization
+        return kind.from_config(config)
 
     fast = keras.models.clone_model(model, clone_function=clone)
     for layer in model.layers:

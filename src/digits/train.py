@@ -443,8 +443,9 @@ def train_fold(
     # Restore the best epoch, save the fold's model, predict what the reports and the ensemble need.
     model.load_weights(backup_dir / state["best_file"])
     # saved computing in float32 whatever it trained in, so that loading model.keras and calling it predicts as
-    # every figure of the run was predicted (`predict`: the float32 inference copy)
-    saved = model if config.precision == "float32" else models.inference_model(model, fold_batch_norm=False)
+    # every figure of the run was predicted (`predict`: the float32 inference copy), and with Keras' own batch norm
+    # (the fused one trains faster, and is the same layer), so that it loads without this project's code
+    saved = models.inference_model(model, fold_batch_norm=False)
     with fileio.atomic_path(fold_dir / "model.keras") as tmp:
         saved.save(tmp)
     predict_started = time.perf_counter()
