@@ -131,7 +131,7 @@ def test_config_round_trips_through_json():
     assert config_lib.from_dict(old).precision == "float32"
 
 
-def test_precision_auto_is_bfloat16_only_on_a_cpu_with_amx():
+def test_precision_auto_is_bfloat16_only_on_a_cpu_with_amx(tmp_path):
     from digits import bench
 
     amx = "amx_bf16" in (bench.cpu_info()["flags"] or [])
@@ -143,11 +143,17 @@ def test_precision_auto_is_bfloat16_only_on_a_cpu_with_amx():
     for flags in (["avx2", "avx512f", "avx512_bf16"], ["avx2"], None):  # AVX512-BF16 alone trains no faster
         assert config_lib.fast_precision({"model": "EPYC", "flags": flags}) == "float32"
     assert auto.to_dict()["precision"] in ("float32", "bfloat16")  # what the run records: never "auto"
-    assert config_lib.resolve("default").precision == "float32"
+    for preset in config_lib.PRESETS:  # every preset trains in the fast precision for this machine
+        assert config_lib.resolve(preset).precision == config_lib.fast_precision()
+    assert config_lib.Config().precision == "float32"  # what a config.json without the field trained in
     assert config_lib.resolve("default", {"precision": " BFloat16 "}).precision == "bfloat16"
-    assert (
-        config_lib.resolve("default", {"precision": "bfloat16"}).identity() != config_lib.resolve("default").identity()
-    )
+    bfloat16 = config_lib.resolve("default", {"precision": "bfloat16"})
+    assert bfloat16.identity() != config_lib.resolve("default", {"precision": "float32"}).identity()
+    gpus = tmp_path / "gpus"  # as /proc/driver/nvidia/gpus lists an installed GPU
+    (gpus / "0000:00:1e.0").mkdir(parents=True)
+    xeon = {"model": "Xeon", "flags": ["avx2", "avx512f", "avx512_bf16", "amx_bf16"]}
+    assert config_lib.fast_precision(xeon, gpus=gpus) == "float32"
+    assert config_lib.fast_precision(xeon, gpus=tmp_path / "none") == "bfloat16"
 
 
 @pytest.mark.parametrize(

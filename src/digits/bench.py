@@ -273,6 +273,7 @@ def run_benchmark(
         "train_images": int(len(x_train)),
         "epochs": epochs,
         "batch": cfg.batch,
+        "train_precision": cfg.precision,  # what `make train` trains in here (PRECISION=auto, every preset's)
     }
 
     # 1. Each pipeline trains `epochs` epochs from scratch with validation after every epoch (the pipelines
@@ -394,6 +395,10 @@ def format_table(results: dict) -> str:
         lines.append(
             f"bfloat16 training (PRECISION=bfloat16): {bf16['ratio']:.2f}x plain, "
             f"{bf16['ratio_over_ours_float32']:.2f}x ours in float32"
+        )
+    if "train_precision" in results:  # benches before session 17 did not record it
+        lines.append(
+            f"`make train` trains in {results['train_precision']} on this machine (PRECISION=auto, every preset's)"
         )
     lines.append(
         f"ceiling (the train step alone on in-memory batches, no augmentation): {t['ceiling_images_per_second']:.0f} "

@@ -997,8 +997,9 @@ def register_commands(commands) -> None:
     train.add_argument("--elastic", help="elastic distortion strength (alpha; 0 = off, 34 = Simard's; sigma via --set)")
     train.add_argument(
         "--precision",
-        help="float32 (default), bfloat16 (about 1.35x faster on CPUs with AMX; no faster with AVX512-BF16 alone, "
-        "slower without native bfloat16), or auto (bfloat16 where the CPU has AMX)",
+        help="auto (every preset's default: bfloat16 where the CPU has AMX and no NVIDIA GPU is installed, float32 "
+        "elsewhere), float32, or bfloat16 (about 1.8x faster on CPUs with AMX; no faster with AVX512-BF16 alone, "
+        "slower without native bfloat16)",
     )
     train.add_argument("--dropout", help="multiply the model's dropout rates by this (1 = as built, 0 = off)")
     train.add_argument("--deterministic", action="store_true")
