@@ -64,6 +64,11 @@ def cpu_info(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict:
     return {"model": model, "flags": [flag for flag in SPEED_FLAGS if flag in present]}
 
 
+def amx_bfloat16(cpu: dict) -> bool:
+    """Whether the CPU has AMX's bfloat16 tiles, the one kind on which bfloat16 *training* pays here."""
+    return "amx_bf16" in (cpu["flags"] or [])
+
+
 def native_bfloat16(cpu: dict) -> bool | None:
     """Whether the CPU computes bfloat16 natively (AVX512-BF16 or AMX): None when its flags are unknown."""
     if cpu["flags"] is None:
@@ -276,10 +281,9 @@ def run_benchmark(
         "train_precision": cfg.precision,  # what `make train` trains in here (PRECISION=auto, every preset's)
     }
 
-    # 1. Each pipeline trains `epochs` epochs from scratch with validation after every epoch (the pipelines
-    # taking turns, epoch by epoch): the training
-    # seconds of epochs 2.. give its steady-state images/s, the last epoch its accuracy. Ours once more with
-    # bfloat16 arithmetic (`make train PRECISION=bfloat16`) where bfloat16 prediction is timed.
+    # 1. Each pipeline trains `epochs` epochs from scratch with validation after every epoch: the training seconds
+    # of epochs 2.. give its steady-state images/s, the last epoch its accuracy. Ours once more with bfloat16
+    # arithmetic (`make train PRECISION=bfloat16`) where bfloat16 prediction is timed.
     legs = ("ours", "plain") + (("ours_bfloat16",) if bfloat16_skipped is None else ())
     log(
         f"ours (batch {cfg.batch}), plain model.fit (batch 64)"

@@ -104,7 +104,8 @@ PRESETS: dict[str, dict] = {
     # dropout only slows learning (holdout ensemble 0.9931-0.9938 without dropout, 0.9910-0.9924 with it;
     # docs/experiments.md)
     "quick": {"folds": 3, "epochs": 4, "batch": 64, "warmup_epochs": 0.25, "dropout_scale": 0.0, "precision": "auto"},
-    # the measured default: 5 folds in about 37 minutes on 2 quiet CPU cores (47 min on a slow host). No dropout:
+    # the measured default: 5 folds in about 40 minutes on 2 CPU cores in float32, 22 in bfloat16 on an AMX CPU
+    # (`auto`, with the fused batch norm). No dropout:
     # on two holdouts (seeds 42 and 7) its fold ensemble made 14 and 9 errors against 18 and 13 with dropout, and
     # its OOF rows are as good (docs/experiments.md)
     "default": {"dropout_scale": 0.0, "precision": "auto"},
@@ -116,23 +117,18 @@ PRESETS: dict[str, dict] = {
 }
 
 
-# The training precisions a config may name (`resolve` also takes "auto").
-PRECISIONS = ("float32", "bfloat16")
-
-
 def fast_precision(cpu: dict | None = None, gpus: Path = Path("/proc/driver/nvidia/gpus")) -> str:
     """ "bfloat16" on a CPU with AMX (Intel Xeon since Sapphire Rapids), else "float32". AVX512-BF16 alone is not
     enough: on such an AMD EPYC, bfloat16 training ran no faster than float32 (its backward-to-weights
     convolutions are as slow; docs/experiments.md), and without either it is emulated and slower. float32 too
     where an NVIDIA GPU is installed (`gpus` lists one): the model then trains there, and bfloat16 was never
     measured on a GPU. With AMX, the default model trained as accurately in bfloat16 as in float32 on two
-    holdouts (24 errors of 8,400 against 23). `cpu`: `bench.cpu_info()`'s record (default: this machine's)."""
-    from digits.bench import cpu_info
+    holdouts (24 errors of 8,400, 25 with the fused batch norm, against 23). `cpu`: `bench.cpu_info()`'s record (default: this machine's)."""
+    from digits.bench import amx_bfloat16, cpu_info
 
     if gpus.is_dir() and any(gpus.iterdir()):
         return "float32"
-    flags = (cpu or cpu_info())["flags"] or []
-    return "bfloat16" if "amx_bf16" in flags else "float32"
+    return "bfloat16" if amx_bfloat16(cpu or cpu_info()) else "float32"
 
 
 def resolve(preset: str = "default", overrides: dict | None = None) -> Config:
@@ -241,9 +237,9 @@ def validate(config: Config) -> None:
         )
     if config.epochs < 1:
         fail(f"EPOCHS={config.epochs}: train for at least 1 epoch")
-    if config.precision not in PRECISIONS:
+    if config.precision not in models.PRECISIONS:
         fail(
-            f"PRECISION={config.precision}: choose one of {', '.join(PRECISIONS)}, or auto (bfloat16 on CPUs with "
+            f"PRECISION={config.precision}: choose one of {', '.join(models.PRECISIONS)}, or auto (bfloat16 on CPUs with "
             f"AMX, float32 elsewhere)"
         )
     if config.batch < 1:

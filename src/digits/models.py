@@ -25,8 +25,8 @@ if TYPE_CHECKING:
 INPUT_SHAPE = (28, 28, 1)
 ModelBuilder = Callable[[int], "keras.Model"]
 MODELS: dict[str, ModelBuilder] = {}
-# The precisions of training (`precision_policy`, `config.PRECISIONS` names the same) and of prediction
-# (`inference_model`): name -> Keras dtype policy.
+# The precisions of training (`precision_policy`, PRECISION= of a config) and of prediction (`inference_model`):
+# name -> Keras dtype policy.
 PRECISIONS = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
 
 
@@ -360,7 +360,7 @@ def inference_model(model: keras.Model, precision: str = "float32", fold_batch_n
     so it is an option, never the default. The copy computes in `precision` whatever the model was
     trained in (a PRECISION=bfloat16 model predicts in float32 by default), and its last layer (the
     softmax) always in float32. `fold_batch_norm=False`: the same layers as the model, only the
-    precision changed (how a bfloat16-trained fold model is saved).
+    precision changed and the fused batch norm made Keras' own (how every fold model is saved).
     """
     import keras
 

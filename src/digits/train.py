@@ -85,10 +85,10 @@ def configure_tensorflow(config: Config) -> None:
 
 def slow_precision(precision: str, cpu: dict | None = None) -> str | None:
     """Why training in `precision` is slow on this CPU (`cpu`: `bench.cpu_info()`'s record), or None."""
-    from digits.bench import cpu_info, native_bfloat16
+    from digits.bench import amx_bfloat16, cpu_info, native_bfloat16
 
     cpu = cpu or cpu_info()
-    if precision != "bfloat16" or "amx_bf16" in (cpu["flags"] or []):
+    if precision != "bfloat16" or amx_bfloat16(cpu):
         return None
     native = native_bfloat16(cpu)
     why = {
