@@ -86,10 +86,9 @@ demo: .venv ## The whole pipeline offline on the bundled sample in a few minutes
 
 # One worker more than the cores this process may use (nproc): much of the suite is single-threaded start-up
 # (each fold's process imports TensorFlow, about 8 s), which leaves a core idle at times; on 2 cores 3 workers
-# took 10m00s, 2 took 11m04s (session 11);
-# on the AVX2 host again, 3 took 11m35s and 4 took 12m41s (session 18). A test file stays on one worker, so its module fixtures (trained runs)
-# are built once, and the files go out in the order tests/conftest.py gives them (the longest first), not by
-# their number of tests.
+# took 10m00s, 2 took 11m04s (session 11); on the AVX2-only host again, 3 took 11m35s and 4 took 12m41s
+# (session 18). A test file stays on one worker, so its module fixtures (trained runs) are built once, and the
+# files go out in the order tests/conftest.py gives them (the longest first), not by their number of tests.
 PYTEST_WORKERS ?= $(shell echo $$(( $$(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1) + 1 )))
 PYTEST_PARALLEL = -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
