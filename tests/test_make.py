@@ -232,6 +232,9 @@ def test_bench_refuses_fewer_than_two_epochs_before_loading_anything(tmp_path, c
     assert stopped.value.code == 2
     assert "--epochs 1: give at least 2" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+    with pytest.raises(ValueError, match="epochs=1: the bench needs at least 2"):  # from Python as well
+        bench.run_benchmark(tmp_path / "absent", tmp_path / "out", epochs=1)
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow
@@ -265,7 +268,10 @@ def test_bench_runs_and_writes_its_json(tmp_path, sample_dir):
     assert saved["throughput"]["ratio"] == pytest.approx(
         saved["throughput"]["ours_images_per_second"] / saved["throughput"]["plain_images_per_second"], rel=1e-2
     )
-    assert saved["throughput"]["ceiling_images_per_second"] > 0
+    # the ceiling: a copy of ours timed in one turn per epoch after the first (here 1 turn of 1024 // 128 steps)
+    t = saved["throughput"]
+    assert t["ceiling_steps_per_turn"] == 8 and len(t["ceiling_seconds_per_turn"]) == 1
+    assert t["ceiling_images_per_second"] == pytest.approx(8 * 128 / t["ceiling_seconds_per_turn"][0], rel=1e-2)
     _check_prediction(saved["prediction"], 1000, skipped)
     assert 0 <= saved["accuracy"]["ours"]["val_accuracy"] <= 1 and saved["peak_rss_mb"] > 0
     assert saved["cpu"] == bench.cpu_info() and saved["cores"] >= 1
@@ -304,9 +310,12 @@ def test_bench_runs_and_writes_its_json(tmp_path, sample_dir):
 def _check_prediction(prediction: dict, images: int, skipped: str | None, trained: bool = True) -> None:
     from digits import bench
 
-    assert prediction["test_images"] == images
+    assert prediction["test_images"] == images and prediction["parts"] == 4
     for key in ("plain", "float32", "bfloat16") if skipped is None else ("plain", "float32"):
         assert prediction[key]["images_per_second"] > 0
+        parts = prediction[key]["seconds_per_part"]  # the ways took turns over four parts of the test set
+        assert len(parts) == 4 and min(parts) > 0
+        assert sum(parts) == pytest.approx(images / prediction[key]["images_per_second"], rel=0.01, abs=0.002)
         expected = 5 * images / prediction[key]["images_per_second"]
         assert prediction[key]["five_fold_ensemble_seconds"] == pytest.approx(expected, rel=0.01, abs=0.01)
     assert prediction["float32_max_abs_difference_from_plain"] < 1e-4  # folding batch norm is exact

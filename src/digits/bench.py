@@ -9,14 +9,15 @@ Out: `runs/bench/<date>.json` and a table on the terminal with, for the default 
     hits them alike); the speed is taken from the training time of every epoch but the first (which
     traces the step), without the validation passes;
   - the ceiling: the same train step on in-memory batches without augmentation (what the model's
-    arithmetic alone allows; no input pipeline can do better);
+    arithmetic alone allows; no input pipeline can do better), timed in turns between the epochs;
   - ours again with bfloat16 arithmetic (`make train PRECISION=bfloat16`), its ratio over plain and over ours
     in float32, on the CPUs where bfloat16 prediction is timed (below); it pays for training only with AMX;
   - seconds per epoch of a 5-fold split (33,600 training images) for each;
   - validation accuracy of each after those epochs (no loss of accuracy), and the time each takes to
     reach `--target` validation accuracy;
   - prediction images/s and the time a 5-fold ensemble takes to predict all of test.csv: plain
-    `model.predict`, ours in float32 (batch norm folded into the convs) and ours in bfloat16. bfloat16 is timed
+    `model.predict`, ours in float32 (batch norm folded into the convs) and ours in bfloat16, taking turns over
+    four parts of the test set. bfloat16 is timed
     on a CPU with native bfloat16 (AVX512-BF16 or AMX) or unknown instruction sets, and with `--bfloat16`; on
     other CPUs it is emulated (prediction took 1.8x float32's time on an AVX2 CPU), and timing it would add
     minutes for nothing;
@@ -169,23 +170,31 @@ def _compile(model, cfg: config_lib.Config, steps_per_epoch: int, epochs: int):
     return model
 
 
-def _ceiling_images_per_second(model, x: np.ndarray, y: np.ndarray, batch: int, steps: int = 100) -> float:
-    """`model`'s train step alone: up to `steps` batches already in memory (cached and prefetched, no
-    augmentation, no shuffling), after a warm-up. What the model's arithmetic allows on this CPU; no input
-    pipeline can feed it faster."""
-    import tensorflow as tf
+class _Ceiling:
+    """`model`'s train step alone: batches already in memory (cached and prefetched, no augmentation, no
+    shuffling). What the model's arithmetic allows on this CPU; no input pipeline can feed it faster. `model` is
+    a copy of ours that only this trains (so ours keeps its accuracy), traced here; `turn()` then times
+    `steps_per_turn` steps, and the bench calls it between the pipelines' epochs, so that the host's changes of
+    speed reach the ceiling as they reach them (timed once at the end, it read below ours more than once)."""
 
-    steps = max(1, min(steps, len(x) // batch))
-    rows = steps * batch
-    # batched as ours is (a batch dimension of None), so the model runs the train step it was traced with
-    batches = tf.data.Dataset.from_tensor_slices((x[:rows].astype(np.float32), y[:rows])).batch(batch).cache()
-    for _ in batches:  # fill the cache before timing
-        pass
-    batches = batches.prefetch(tf.data.AUTOTUNE)
-    model.fit(batches.take(min(5, steps)), verbose=0, shuffle=False)  # warm-up
-    started = time.perf_counter()
-    model.fit(batches, verbose=0, shuffle=False)
-    return steps * batch / (time.perf_counter() - started)
+    def __init__(self, model, x: np.ndarray, y: np.ndarray, batch: int, steps_per_turn: int):
+        import tensorflow as tf
+
+        self.steps = max(1, min(steps_per_turn, len(x) // batch))
+        rows = self.steps * batch
+        # batched as ours is (a batch dimension of None), so the model runs the train step it was traced with
+        batches = tf.data.Dataset.from_tensor_slices((x[:rows].astype(np.float32), y[:rows])).batch(batch).cache()
+        for _ in batches:  # fill the cache before timing
+            pass
+        self.batches = batches.prefetch(tf.data.AUTOTUNE)
+        self.model, self.batch, self.timer = model, batch, _EpochTimer()
+        model.fit(self.batches.take(min(5, self.steps)), verbose=0, shuffle=False)  # trace the step
+
+    def turn(self) -> None:
+        self.model.fit(self.batches, verbose=0, shuffle=False, callbacks=[self.timer])
+
+    def images_per_second(self) -> float:
+        return self.steps * self.batch * len(self.timer.train_seconds) / sum(self.timer.train_seconds)
 
 
 # Why bfloat16 prediction was not timed, as the JSON and the table say it.
@@ -197,35 +206,40 @@ NO_NATIVE_BFLOAT16_WHY = (
 NOT_REQUESTED = "not timed: not requested (run_benchmark(bfloat16=False))"
 
 
-def _prediction_speed(model, test: np.ndarray, log, bfloat16_skipped: str | None = None) -> dict:
+def _prediction_speed(model, test: np.ndarray, log, bfloat16_skipped: str | None = None, chunks: int = 4) -> dict:
     """3. Prediction of the whole test set by one trained model: the plain `model.predict` on a float32
     array (Keras' default batch of 32) against ours (`train.predict`: batch 1024, batch norms folded),
     in float32 and in bfloat16 (unless `bfloat16_skipped` says why not), with how often bfloat16 changes the
     predicted digit."""
     from digits.train import predict
 
-    def timed(run) -> tuple[float, np.ndarray]:
-        run(test[:2048])  # build and trace first
-        started = time.perf_counter()
-        probs = run(test)
-        return time.perf_counter() - started, probs
-
-    plain_seconds, plain_probs = timed(lambda x: model.predict(x.astype(np.float32), verbose=0))
-    fp32_seconds, fp32_probs = timed(lambda x: predict(model, x))
-    timings = [("plain", plain_seconds), ("float32", fp32_seconds)]
+    runs = {"plain": lambda x: model.predict(x.astype(np.float32), verbose=0), "float32": lambda x: predict(model, x)}
     if bfloat16_skipped is None:
-        bf16_seconds, bf16_probs = timed(lambda x: predict(model, x, precision="bfloat16"))
-        timings.append(("bfloat16", bf16_seconds))
-    result: dict = {"test_images": int(len(test))}
-    for key, seconds in timings:
+        runs["bfloat16"] = lambda x: predict(model, x, precision="bfloat16")
+    for run in runs.values():  # build and trace first: two sizes, so that the traced step takes any batch size
+        run(test[:2048])
+        run(test[:1500])
+    # The ways take turns over `chunks` parts of the test set (as the pipelines' epochs do in training), so that
+    # a change of the host's speed hits them alike; each part is a few seconds of prediction or more.
+    spent, parts = {key: [] for key in runs}, {key: [] for key in runs}
+    for chunk in np.array_split(test, chunks):
+        for key, run in runs.items():
+            started = time.perf_counter()
+            parts[key].append(run(chunk))
+            spent[key].append(time.perf_counter() - started)
+    plain_probs, fp32_probs = np.concatenate(parts["plain"]), np.concatenate(parts["float32"])
+    result: dict = {"test_images": int(len(test)), "parts": chunks}
+    for key, per_part in spent.items():
+        seconds = sum(per_part)
         result[key] = {
             "images_per_second": round(len(test) / seconds, 1),
             "five_fold_ensemble_seconds": round(5 * seconds, 2),
+            "seconds_per_part": [round(part, 3) for part in per_part],
         }
         log(f"  prediction, {key}: {len(test) / seconds:,.0f} images/s")
     result["float32_max_abs_difference_from_plain"] = float(np.abs(fp32_probs - plain_probs).max())
     if bfloat16_skipped is None:
-        same = float((bf16_probs.argmax(1) == fp32_probs.argmax(1)).mean())
+        same = float((np.concatenate(parts["bfloat16"]).argmax(1) == fp32_probs.argmax(1)).mean())
         result["bfloat16_same_digit_as_float32"] = round(same, 6)
     else:
         result["bfloat16"] = {"skipped": bfloat16_skipped}
@@ -246,6 +260,8 @@ def run_benchmark(
 ) -> dict:
     """`bfloat16`: time bfloat16 training and prediction too (None: only on a CPU with native bfloat16, or one
     whose instruction sets are unknown)."""
+    if epochs < 2:
+        raise ValueError(f"epochs={epochs}: the bench needs at least 2 (the first traces the step)")
     import keras
     import tensorflow as tf
 
@@ -315,12 +331,23 @@ def run_benchmark(
                 "validation_data": (x_val.astype(np.float32), one_hot[y_val]),
             }
         built[name] = model, _EpochTimer(head_start=time.perf_counter() - build_started), arguments
+    # 2. The ceiling: about 100 steps of a copy of ours, in turns after the rounds of epochs 2.. (as the steady
+    # speeds are measured).
+    with models.precision_policy("float32"):
+        ceiling = _Ceiling(
+            _our_model(cfg, len(x_train), epochs), x_plain, y_plain, cfg.batch, steps_per_turn=-(-100 // (epochs - 1))
+        )
     # The pipelines take turns epoch by epoch (ours, plain, ours in bfloat16, ours, ...): this host switches
     # between two speeds about 2x apart for minutes at a time, and turns of a minute or less expose every
     # pipeline to both alike, where one pipeline after the other could catch one speed each.
     for epoch in range(epochs):
         for model, timer, arguments in built.values():
             model.fit(**arguments, epochs=epoch + 1, initial_epoch=epoch, verbose=0, callbacks=[timer])
+        if epoch > 0:
+            ceiling.turn()
+    speed["ceiling"] = ceiling.images_per_second()
+    ceiling_steps, ceiling_seconds = ceiling.steps, [round(seconds, 3) for seconds in ceiling.timer.train_seconds]
+    del ceiling
     for name, (_, timer, _) in built.items():
         speed[name] = timer.steady_images_per_second(len(x_train))
         reached = next((seconds for seconds, acc in timer.records if acc >= target), None)
@@ -337,10 +364,9 @@ def run_benchmark(
         )
     model = built["ours"][0]
     built.clear()
-    results["prediction"] = _prediction_speed(model, test, log, bfloat16_skipped)
-    # 2. The ceiling, on the trained model (the step costs the same whatever the weights).
-    speed["ceiling"] = _ceiling_images_per_second(model, x_plain, y_plain, cfg.batch)
     log(f"  ceiling (the train step alone, batches in memory): {speed['ceiling']:,.0f} images/s")
+    # 3. Prediction, by ours after its epochs.
+    results["prediction"] = _prediction_speed(model, test, log, bfloat16_skipped)
     del model
     keras.utils.clear_session(free_memory=True)
     results["throughput"] = {
@@ -350,6 +376,8 @@ def run_benchmark(
         "ratio": round(speed["ours"] / speed["plain"], 3),
         "ceiling_images_per_second": round(speed["ceiling"], 1),
         "ceiling_ratio": round(speed["ceiling"] / speed["plain"], 3),
+        "ceiling_steps_per_turn": ceiling_steps,
+        "ceiling_seconds_per_turn": ceiling_seconds,
         "ours_seconds_per_epoch": round(len(x_train) / speed["ours"], 1),
         "plain_seconds_per_epoch": round(len(x_train) / speed["plain"], 1),
     }
