@@ -147,9 +147,20 @@ def test_predict_follows_weight_changes(sample_train):
     copies = dict(_INFERENCE_MODELS[model])
     np.testing.assert_array_equal(predict(model, images), before)
     assert dict(_INFERENCE_MODELS[model]) == copies  # the same copy served again, not rebuilt
+    # a copy per precision, kept side by side: taking turns between them (as `make bench` does) rebuilds neither
+    predict(model, images, precision="bfloat16")
+    both = dict(_INFERENCE_MODELS[model])
+    assert sorted(precision for precision, _ in both) == ["bfloat16", "float32"]
+    predict(model, images)
+    predict(model, images, precision="bfloat16")
+    assert (
+        all(_INFERENCE_MODELS[model][key] is copy for key, copy in both.items()) and len(_INFERENCE_MODELS[model]) == 2
+    )
     other = _with_trained_statistics("tiny", seed=2)
     model.set_weights(other.get_weights())
     np.testing.assert_allclose(predict(model, images), other.predict(images.astype(np.float32), verbose=0), atol=2e-5)
+    # the copies of the old weights are gone, both precisions: only the new float32 copy is left
+    assert len(_INFERENCE_MODELS[model]) == 1 and not set(_INFERENCE_MODELS[model]) & set(both)
 
 
 # --- elastic distortion ---------------------------------------------------------------------------------

@@ -173,7 +173,8 @@ def _compile(model, cfg: config_lib.Config, steps_per_epoch: int, epochs: int):
 class _Ceiling:
     """`model`'s train step alone: batches already in memory (cached and prefetched, no augmentation, no
     shuffling). What the model's arithmetic allows on this CPU; no input pipeline can feed it faster. `model` is
-    a copy of ours that only this trains (so ours keeps its accuracy), traced here; `turn()` then times
+    a second instance of ours (same architecture, precision and optimizer, its own weights) that only this
+    trains, so ours keeps its accuracy; it is traced here, and `turn()` then times
     `steps_per_turn` steps, and the bench calls it between the pipelines' epochs, so that the host's changes of
     speed reach the ceiling as they reach them (timed once at the end, it read below ours more than once)."""
 
@@ -181,20 +182,20 @@ class _Ceiling:
         import tensorflow as tf
 
         self.steps = max(1, min(steps_per_turn, len(x) // batch))
-        rows = self.steps * batch
-        # batched as ours is (a batch dimension of None), so the model runs the train step it was traced with
+        self.rows = rows = min(self.steps * batch, len(x))  # fewer rows than a batch: one smaller batch
+        # batched as ours is (a batch dimension of None, no drop_remainder), so it runs the step graph ours runs
         batches = tf.data.Dataset.from_tensor_slices((x[:rows].astype(np.float32), y[:rows])).batch(batch).cache()
         for _ in batches:  # fill the cache before timing
             pass
         self.batches = batches.prefetch(tf.data.AUTOTUNE)
-        self.model, self.batch, self.timer = model, batch, _EpochTimer()
+        self.model, self.timer = model, _EpochTimer()
         model.fit(self.batches.take(min(5, self.steps)), verbose=0, shuffle=False)  # trace the step
 
     def turn(self) -> None:
         self.model.fit(self.batches, verbose=0, shuffle=False, callbacks=[self.timer])
 
     def images_per_second(self) -> float:
-        return self.steps * self.batch * len(self.timer.train_seconds) / sum(self.timer.train_seconds)
+        return self.rows * len(self.timer.train_seconds) / sum(self.timer.train_seconds)
 
 
 # Why bfloat16 prediction was not timed, as the JSON and the table say it.
@@ -216,11 +217,15 @@ def _prediction_speed(model, test: np.ndarray, log, bfloat16_skipped: str | None
     runs = {"plain": lambda x: model.predict(x.astype(np.float32), verbose=0), "float32": lambda x: predict(model, x)}
     if bfloat16_skipped is None:
         runs["bfloat16"] = lambda x: predict(model, x, precision="bfloat16")
-    for run in runs.values():  # build and trace first: two sizes, so that the traced step takes any batch size
-        run(test[:2048])
-        run(test[:1500])
+    # Build and trace first, at two sizes whose last batches differ (for batch 1024 and for Keras' 32), so that
+    # the traced step takes any batch size (Keras relaxes the shape at the second) and no part is traced again.
+    first = min(2048, len(test))
+    for run in runs.values():
+        run(test[:first])
+        run(test[: max(1, first - 548)])
     # The ways take turns over `chunks` parts of the test set (as the pipelines' epochs do in training), so that
-    # a change of the host's speed hits them alike; each part is a few seconds of prediction or more.
+    # a change of the host's speed hits them alike (a part of the full test set: 0.2-0.7 s with AVX-512 or AMX,
+    # 2.5-5 s with AVX2 only).
     spent, parts = {key: [] for key in runs}, {key: [] for key in runs}
     for chunk in np.array_split(test, chunks):
         for key, run in runs.items():
@@ -337,7 +342,8 @@ def run_benchmark(
         ceiling = _Ceiling(
             _our_model(cfg, len(x_train), epochs), x_plain, y_plain, cfg.batch, steps_per_turn=-(-100 // (epochs - 1))
         )
-    # The pipelines take turns epoch by epoch (ours, plain, ours in bfloat16, ours, ...): this host switches
+    # The pipelines take turns epoch by epoch (ours, plain, ours in bfloat16, the ceiling from epoch 2 on, ours,
+    # ...): this host switches
     # between two speeds about 2x apart for minutes at a time, and turns of a minute or less expose every
     # pipeline to both alike, where one pipeline after the other could catch one speed each.
     for epoch in range(epochs):
@@ -370,7 +376,8 @@ def run_benchmark(
     del model
     keras.utils.clear_session(free_memory=True)
     results["throughput"] = {
-        "measured_on": "the training seconds of epochs 2.. of the runs below (1 if only one epoch)",
+        "measured_on": "the training seconds of epochs 2.. of the runs below; the ceiling's, of its turns after "
+        "each round of epochs 2.. (ceiling_seconds_per_turn)",
         "ours_images_per_second": round(speed["ours"], 1),
         "plain_images_per_second": round(speed["plain"], 1),
         "ratio": round(speed["ours"] / speed["plain"], 3),

@@ -178,8 +178,9 @@ _INFERENCE_MODELS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 def predict(model, images: np.ndarray, batch: int = 1024, precision: str = "float32") -> np.ndarray:
     """Class probabilities (N, 10) float32 for uint8 images, through the model's inference copy.
 
-    The copy (batch norms folded into the convs, `models.inference_model`) is kept while the model
-    lives and its weights do not change, so repeated calls (TTA, several sets) build it once.
+    The copy (batch norms folded into the convs, `models.inference_model`), one per precision, is kept
+    while the model lives and its weights do not change, so repeated calls (TTA, several sets, the bench's
+    turns between float32 and bfloat16) build it once.
     """
     import tensorflow as tf
 
@@ -193,8 +194,9 @@ def predict(model, images: np.ndarray, batch: int = 1024, precision: str = "floa
         key = (precision, digest.hexdigest())
         copies = _INFERENCE_MODELS.setdefault(model, {})
         if key not in copies:
-            copies.clear()
-            copies[key] = inference_model(model, precision)
+            for stale in [old for old in copies if old[1] != key[1]]:  # copies of weights the model no longer has
+                del copies[stale]
+            copies[key] = inference_model(model, precision)  # one per precision, so that they can take turns
         runner = copies[key]
     dataset = tf.data.Dataset.from_tensor_slices(images).batch(batch).map(lambda x: tf.cast(x, tf.float32))
     return runner.predict(dataset.prefetch(tf.data.AUTOTUNE), verbose=0).astype(np.float32)
