@@ -268,7 +268,7 @@ def test_bench_runs_and_writes_its_json(tmp_path, sample_dir):
     assert saved["throughput"]["ratio"] == pytest.approx(
         saved["throughput"]["ours_images_per_second"] / saved["throughput"]["plain_images_per_second"], rel=1e-2
     )
-    # the ceiling: a copy of ours timed in one turn per epoch after the first (here 1 turn of 1024 // 128 steps)
+    # the ceiling: a second instance of ours, timed in one turn per epoch after the first (here 1 turn of 1024 // 128 steps)
     t = saved["throughput"]
     assert t["ceiling_steps_per_turn"] == 8 and len(t["ceiling_seconds_per_turn"]) == 1
     assert t["ceiling_images_per_second"] == pytest.approx(8 * 128 / t["ceiling_seconds_per_turn"][0], rel=1e-2)

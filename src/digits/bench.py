@@ -174,9 +174,9 @@ class _Ceiling:
     """`model`'s train step alone: batches already in memory (cached and prefetched, no augmentation, no
     shuffling). What the model's arithmetic allows on this CPU; no input pipeline can feed it faster. `model` is
     a second instance of ours (same architecture, precision and optimizer, its own weights) that only this
-    trains, so ours keeps its accuracy; it is traced here, and `turn()` then times
-    `steps_per_turn` steps, and the bench calls it between the pipelines' epochs, so that the host's changes of
-    speed reach the ceiling as they reach them (timed once at the end, it read below ours more than once)."""
+    trains, so ours keeps its accuracy. The step is traced here; each `turn()` times `steps_per_turn` steps. The
+    bench calls it between the pipelines' epochs, so that the host's changes of speed reach the ceiling as they
+    reach them (timed once at the end, it read below ours more than once)."""
 
     def __init__(self, model, x: np.ndarray, y: np.ndarray, batch: int, steps_per_turn: int):
         import tensorflow as tf
@@ -217,12 +217,12 @@ def _prediction_speed(model, test: np.ndarray, log, bfloat16_skipped: str | None
     runs = {"plain": lambda x: model.predict(x.astype(np.float32), verbose=0), "float32": lambda x: predict(model, x)}
     if bfloat16_skipped is None:
         runs["bfloat16"] = lambda x: predict(model, x, precision="bfloat16")
-    # Build and trace first, at two sizes whose last batches differ (for batch 1024 and for Keras' 32), so that
-    # the traced step takes any batch size (Keras relaxes the shape at the second) and no part is traced again.
-    first = min(2048, len(test))
+    # Build and trace first, at two sizes whose last batches differ for batch 1024 and for Keras' 32 (2,048 and
+    # 1,500 digits on the full test set), so that the traced step takes any batch size (Keras relaxes the shape
+    # at the second) and no part is traced again.
     for run in runs.values():
-        run(test[:first])
-        run(test[: max(1, first - 548)])
+        run(test[: min(2048, len(test))])
+        run(test[: max(1, min(1500, len(test) - 1))])
     # The ways take turns over `chunks` parts of the test set (as the pipelines' epochs do in training), so that
     # a change of the host's speed hits them alike (a part of the full test set: 0.2-0.7 s with AVX-512 or AMX,
     # 2.5-5 s with AVX2 only).
@@ -336,16 +336,15 @@ def run_benchmark(
                 "validation_data": (x_val.astype(np.float32), one_hot[y_val]),
             }
         built[name] = model, _EpochTimer(head_start=time.perf_counter() - build_started), arguments
-    # 2. The ceiling: about 100 steps of a copy of ours, in turns after the rounds of epochs 2.. (as the steady
-    # speeds are measured).
+    # 2. The ceiling: about 100 steps of a second instance of ours, in turns after the rounds of epochs 2.. (as the
+    # steady speeds are measured).
     with models.precision_policy("float32"):
         ceiling = _Ceiling(
             _our_model(cfg, len(x_train), epochs), x_plain, y_plain, cfg.batch, steps_per_turn=-(-100 // (epochs - 1))
         )
     # The pipelines take turns epoch by epoch (ours, plain, ours in bfloat16, the ceiling from epoch 2 on, ours,
-    # ...): this host switches
-    # between two speeds about 2x apart for minutes at a time, and turns of a minute or less expose every
-    # pipeline to both alike, where one pipeline after the other could catch one speed each.
+    # ...): this host switches between two speeds about 2x apart for minutes at a time, and turns of a minute or
+    # less expose every pipeline to both alike, where one pipeline after the other could catch one speed each.
     for epoch in range(epochs):
         for model, timer, arguments in built.values():
             model.fit(**arguments, epochs=epoch + 1, initial_epoch=epoch, verbose=0, callbacks=[timer])
