@@ -262,7 +262,7 @@ def _fetch_with_kaggle(
             # The client streams to staging/<competition>.zip with a progress bar. Without `force` it
             # resumes a partial file (from an earlier attempt or run) with Range requests, after checking
             # through its own marker file that the partial belongs to the same remote object.
-            api.competition_download_files(competition, path=str(staging), force=force and attempt == 1, quiet=False)
+            _client_download(api, competition, staging, force=force and attempt == 1)
             break
         except requests.exceptions.HTTPError as error:
             status = getattr(getattr(error, "response", None), "status_code", None)
@@ -286,7 +286,8 @@ def _fetch_with_kaggle(
             ) from None
         delay = backoff * 2 ** (attempt - 1)
         log(
-            f"download interrupted ({type(last_error).__name__}: {last_error}); retry {attempt}/{retries} in {delay:.0f} s"
+            f"download interrupted ({type(last_error).__name__}: {last_error}); retry {attempt}/{retries} in "
+            f"{delay:.0f} s, resuming from what arrived"
         )
         time.sleep(delay)
     fetched = staging / f"{competition}.zip"
@@ -298,6 +299,61 @@ def _fetch_with_kaggle(
     os.replace(fetched, final_zip)
     shutil.rmtree(staging, ignore_errors=True)
     return final_zip
+
+
+def _client_download(api, competition: str, folder: Path, force: bool) -> None:
+    """`api.competition_download_files(competition, path=folder, force=force, quiet=False)` of the pinned kaggle
+    client (2.2.4), with the client's own retries turned off (`max_retries=0`), so that the loop above is the
+    only one. The client retries every OSError 5 times with 2-32 s of backoff, a full disk included: a user
+    waited about a minute, reading "Connection error ... Retrying", before the disk-full message; and a
+    network failure was retried up to 5 times inside each of our 5 attempts."""
+    from kagglesdk.competitions.types.competition_api_service import ApiDownloadDataFilesRequest
+
+    output = _ClientOutput(sys.stdout)
+    with api.build_kaggle_client() as kaggle, contextlib.redirect_stdout(output), contextlib.closing(output):
+        request = ApiDownloadDataFilesRequest()
+        request.competition_name = competition
+        response = kaggle.competitions.competition_api_client.download_data_files(request)
+        url = response.url.split("?")[0]
+        outfile = os.path.join(folder, f"{competition}.{url.split('.')[-1]}")
+        if force or api.download_needed(response, outfile, quiet=False):
+            api.download_file(response, outfile, kaggle.http_client(), quiet=False, resume=not force, max_retries=0)
+
+
+class _ClientOutput(io.TextIOBase):
+    """Passes the client's printed lines on as they come ("Downloading ...", "Resuming from ..."; its progress
+    bar goes to stderr), except the block it prints when it gives up ("Download failed after 0 retries.", the
+    error, "Partial file saved at ...", "You can resume by running the same command again."): the retry loop
+    says what happened and what comes next."""
+
+    DROPPED = ("Download failed after ", "Error: ", "Partial file saved at: ", "You can resume by running ")
+
+    def __init__(self, target) -> None:
+        super().__init__()
+        self.target = target
+        self.pending = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self.pending += text
+        *lines, self.pending = self.pending.split("\n")
+        for line in lines:
+            if not line.startswith(self.DROPPED):
+                self.target.write(line + "\n")
+        self.target.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        self.target.flush()
+
+    def close(self) -> None:  # a last line without its newline
+        if self.pending and not self.pending.startswith(self.DROPPED):
+            self.target.write(self.pending)
+        self.pending = ""
+        self.target.flush()
+        super().close()
 
 
 # --- extraction and verification --------------------------------------------------------------
