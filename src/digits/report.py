@@ -219,16 +219,25 @@ def most_confident_mistakes(probs: np.ndarray, labels: np.ndarray) -> np.ndarray
 
 
 def plot_samples(images: np.ndarray, labels: np.ndarray, path: Path, per_class: int = 8, seed: int = 0) -> None:
+    """`per_class` random digits of each class, a row per class labelled on the left; one image on one axes (an
+    axes per digit, as until session 20, took about 1.5 s of every run's end)."""
     rng = np.random.default_rng(seed)
-    figure, axes = plt.subplots(len(CLASSES), per_class, figsize=(per_class * 0.7, len(CLASSES) * 0.7))
+    size, gap = 28, 2
+    mosaic = np.zeros((len(CLASSES) * (size + gap) - gap, per_class * (size + gap) - gap), dtype=np.float32)
     for digit in CLASSES:
         rows = np.flatnonzero(labels == digit)
         chosen = rng.choice(rows, size=min(per_class, len(rows)), replace=False) if len(rows) else []
-        for column in range(per_class):
-            axis = axes[digit, column]
-            axis.axis("off")
-            if column < len(chosen):
-                axis.imshow(images[chosen[column], :, :, 0], cmap="gray_r", vmin=0, vmax=255)
+        top = digit * (size + gap)
+        for column, row in enumerate(chosen):
+            left = column * (size + gap)
+            mosaic[top : top + size, left : left + size] = images[row].reshape(size, size)
+    figure, axis = plt.subplots(figsize=(per_class * 0.7, len(CLASSES) * 0.7))
+    axis.imshow(mosaic, cmap="gray_r", vmin=0, vmax=255, interpolation="nearest")
+    axis.set_xticks([])
+    axis.set_yticks([digit * (size + gap) + size / 2 for digit in CLASSES], [str(digit) for digit in CLASSES])
+    axis.tick_params(length=0, labelsize=8)
+    for spine in axis.spines.values():
+        spine.set_visible(False)
     figure.suptitle("sample digits per class (rows 0-9)", fontsize=9)
     save_figure(figure, path)
 
