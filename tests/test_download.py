@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from digits import data
+from digits import data, download
 from helpers import assert_user_error
 from kaggle_standin import KaggleStandIn
 
@@ -336,10 +336,54 @@ def test_dropped_connection_is_resumed(kaggle_server, kaggle_env, stored_zip, sa
     assert retry.status == 206 and not retry.dropped
     assert "Resuming from" in result.stdout
     # one retry loop, ours: the client's own gave up at once, and its "run the same command again" is not shown
-    assert "retry 1/4 in 0 s, resuming from what arrived" in result.stdout and "retry 2/4" not in result.stdout
+    assert f"retry 1/4 in 0 s, resuming after the {resumed_from:,} bytes that arrived" in result.stdout
+    assert "retry 2/4" not in result.stdout
     assert "Retrying" not in result.stdout and "Download failed after" not in result.stdout
     assert (dest / "digit-recognizer.zip").read_bytes() == stored_zip.read_bytes()
     assert_sample_installed(dest, sample_zip)
+
+
+def test_the_installed_kaggle_client_is_the_one_our_download_follows():
+    """`download._client_download` repeats the client's competition_download_files with its retries off: a new
+    client must be read again before the pin in requirements.txt moves."""
+    import importlib.metadata
+
+    assert importlib.metadata.version("kaggle") == download.KAGGLE_CLIENT_VERSION
+    pinned = (Path(__file__).resolve().parents[1] / "requirements.txt").read_text().splitlines()
+    assert f"kaggle=={download.KAGGLE_CLIENT_VERSION}" in pinned
+
+
+def test_the_clients_give_up_block_is_left_out_and_every_other_line_kept():
+    """What the client prints as it raises (kaggle 2.2.4's text, an error spanning two lines) is left out,
+    with the blank line before it; its other lines pass unchanged, a blank line among them and a last line
+    without its newline included."""
+    import contextlib
+    import io
+
+    shown = io.StringIO()
+    output = download._ClientOutput(shown)
+    with contextlib.redirect_stdout(output), contextlib.closing(output):
+        print("Downloading digit-recognizer.zip to /x/.download")
+        print("\n", end="")
+        print("Resuming from 2097152 bytes (5231117 bytes left)...")
+        print("\nDownload failed after 0 retries.")
+        print("Error: ChunkedEncodingError: ('Connection broken:\n IncompleteRead(2500000 bytes read)')")
+        print("Partial file saved at: /x/.download/digit-recognizer.zip")
+        print("You can resume by running the same command again.")
+    assert shown.getvalue() == (
+        "Downloading digit-recognizer.zip to /x/.download\n\nResuming from 2097152 bytes (5231117 bytes left)...\n"
+    )
+
+    shown = io.StringIO()
+    output = download._ClientOutput(shown)
+    with contextlib.redirect_stdout(output), contextlib.closing(output):
+        print("digit-recognizer.zip: Skipping, found more recently modified local copy (use --force to force download)")
+        print("\n", end="")
+        print("no newline", end="")
+    assert shown.getvalue() == (
+        "digit-recognizer.zip: Skipping, found more recently modified local copy (use --force to force download)\n"
+        "\nno newline"
+    )
 
 
 def test_connection_that_keeps_dropping(kaggle_server, kaggle_env, tmp_path):

@@ -25,8 +25,8 @@ def test_fold_report_keeps_the_last_epochs_val_accuracy_not_the_best():
     )
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_classification_summary_gives_scikit_learns_figures(dtype):
+@pytest.mark.parametrize(("dtype", "label_dtype"), [(np.float32, np.int64), (np.float64, np.uint8)])
+def test_classification_summary_gives_scikit_learns_figures(dtype, label_dtype):
     """The summary is numpy (scikit-learn's metrics took 1.3 s to import in every command): the same figures as
     scikit-learn's, on predictions that leave a class never predicted and a class absent from the labels (their
     precision / recall / F1 are 0, not NaN), with probabilities of exactly 0 for the true class (floored)."""
@@ -40,7 +40,7 @@ def test_classification_summary_gives_scikit_learns_figures(dtype):
     probs[labels == 3, 3] += 1.0  # many 3s predicted right
     probs /= probs.sum(axis=1, keepdims=True)
 
-    summary = report.classification_summary(labels, probs)
+    summary = report.classification_summary(labels.astype(label_dtype), probs)  # any integer labels
 
     classes = list(range(10))
     predictions = probs.argmax(axis=1)
@@ -224,3 +224,9 @@ def test_draw_digits_refuses_what_it_cannot_lay_out():
         assert [text.get_text() for text in axis.texts] == ["none"]
     finally:
         plt.close(figure)
+
+
+@pytest.mark.parametrize("labels", [[0, 10], [-1, 3], [1.0, 2.0]])
+def test_classification_summary_refuses_labels_that_are_not_digits(labels):
+    with pytest.raises(ValueError, match="labels must be integers 0-9"):
+        report.classification_summary(np.array(labels), np.full((2, 10), 0.1))

@@ -285,9 +285,13 @@ def _fetch_with_kaggle(
                 f"What arrived is kept in {staging}; the next `make download` resumes from it."
             ) from None
         delay = backoff * 2 ** (attempt - 1)
+        partial = staging / f"{competition}.zip"
+        arrived = partial.stat().st_size if partial.is_file() else 0
+        # the client resumes only a partial its marker file proves to be of the same remote object
+        keeps = f", resuming after the {arrived:,} bytes that arrived if the server allows it" if arrived else ""
         log(
             f"download interrupted ({type(last_error).__name__}: {last_error}); retry {attempt}/{retries} in "
-            f"{delay:.0f} s, resuming from what arrived"
+            f"{delay:.0f} s{keeps}"
         )
         time.sleep(delay)
     fetched = staging / f"{competition}.zip"
@@ -301,9 +305,12 @@ def _fetch_with_kaggle(
     return final_zip
 
 
+KAGGLE_CLIENT_VERSION = "2.2.4"  # what `_client_download` follows; tests/test_download.py checks the installed one
+
+
 def _client_download(api, competition: str, folder: Path, force: bool) -> None:
     """`api.competition_download_files(competition, path=folder, force=force, quiet=False)` of the pinned kaggle
-    client (2.2.4), with the client's own retries turned off (`max_retries=0`), so that the loop above is the
+    client (KAGGLE_CLIENT_VERSION), with the client's own retries turned off (`max_retries=0`), so that the loop above is the
     only one. The client retries every OSError 5 times with 2-32 s of backoff, a full disk included: a user
     waited about a minute, reading "Connection error ... Retrying", before the disk-full message; and a
     network failure was retried up to 5 times inside each of our 5 attempts."""
@@ -322,16 +329,18 @@ def _client_download(api, competition: str, folder: Path, force: bool) -> None:
 
 class _ClientOutput(io.TextIOBase):
     """Passes the client's printed lines on as they come ("Downloading ...", "Resuming from ..."; its progress
-    bar goes to stderr), except the block it prints when it gives up ("Download failed after 0 retries.", the
-    error, "Partial file saved at ...", "You can resume by running the same command again."): the retry loop
-    says what happened and what comes next."""
+    bar goes to stderr), except the block it prints when it gives up, just before it raises ("Download failed
+    after 0 retries.", the error, "Partial file saved at ...", "You can resume by running the same command
+    again.", and the blank line before them): the retry loop says what happened and what comes next."""
 
-    DROPPED = ("Download failed after ", "Error: ", "Partial file saved at: ", "You can resume by running ")
+    GIVING_UP = "Download failed after "
 
     def __init__(self, target) -> None:
         super().__init__()
         self.target = target
-        self.pending = ""
+        self.pending = ""  # a line not yet ended
+        self.blank_lines = 0  # held back: they may precede the block
+        self.giving_up = False
 
     def writable(self) -> bool:
         return True
@@ -340,18 +349,29 @@ class _ClientOutput(io.TextIOBase):
         self.pending += text
         *lines, self.pending = self.pending.split("\n")
         for line in lines:
-            if not line.startswith(self.DROPPED):
-                self.target.write(line + "\n")
+            self._line(line, end="\n")
         self.target.flush()
         return len(text)
+
+    def _line(self, line: str, end: str) -> None:
+        self.giving_up = self.giving_up or line.startswith(self.GIVING_UP)
+        if self.giving_up:  # the rest is the block (the error's text may span lines)
+            self.blank_lines = 0
+        elif not line.strip() and end:
+            self.blank_lines += 1
+        else:
+            self.target.write("\n" * self.blank_lines + line + end)
+            self.blank_lines = 0
 
     def flush(self) -> None:
         self.target.flush()
 
-    def close(self) -> None:  # a last line without its newline
-        if self.pending and not self.pending.startswith(self.DROPPED):
-            self.target.write(self.pending)
-        self.pending = ""
+    def close(self) -> None:
+        if self.pending:  # a last line without its newline
+            self._line(self.pending, end="")
+        if not self.giving_up:
+            self.target.write("\n" * self.blank_lines)
+        self.pending, self.blank_lines = "", 0
         self.target.flush()
         super().close()
 

@@ -36,7 +36,10 @@ def classification_summary(labels: np.ndarray, probs: np.ndarray) -> dict:
     columns: prediction) of `probs` (rows of class probabilities) against `labels`. In numpy: scikit-learn's
     metrics give the same figures (tests/test_report.py checks it) but took 1.3 s to import, in every
     `make report`, `make submission` and `make compare`."""
-    labels = np.asarray(labels, dtype=np.int64)
+    labels = np.asarray(labels)
+    if labels.size and (labels.min() < 0 or labels.max() >= len(CLASSES) or labels.dtype.kind not in "iu"):
+        raise ValueError(f"labels must be integers 0-9; got {labels.dtype} values {labels.min()} to {labels.max()}")
+    labels = labels.astype(np.int64)
     predictions = probs.argmax(axis=1)
     matrix = np.bincount(labels * len(CLASSES) + predictions, minlength=len(CLASSES) ** 2)
     matrix = matrix.reshape(len(CLASSES), len(CLASSES))

@@ -890,7 +890,7 @@ def train_run(
                 f"the run report is written once every fold is finished."
             )
             return None
-        from digits import report  # matplotlib and scikit-learn's metrics: not held while the folds train
+        from digits import report  # matplotlib: not held while the folds train
 
         if (run_dir / "report.json").is_file():  # a finished run is never rewritten
             run_report = report.read_run_report(run_dir)
