@@ -254,6 +254,7 @@ def _fetch_with_kaggle(
     staging = dest / ".download"
     staging.mkdir(parents=True, exist_ok=True)
     final_zip = dest / f"{competition}.zip"
+    fetched = staging / f"{competition}.zip"  # where the client writes it
     log(f"downloading competition '{competition}' with the official Kaggle API ...")
     attempt = 0
     while True:
@@ -285,16 +286,13 @@ def _fetch_with_kaggle(
                 f"What arrived is kept in {staging}; the next `make download` resumes from it."
             ) from None
         delay = backoff * 2 ** (attempt - 1)
-        partial = staging / f"{competition}.zip"
-        arrived = partial.stat().st_size if partial.is_file() else 0
-        # the client resumes only a partial its marker file proves to be of the same remote object
+        arrived = fetched.stat().st_size if fetched.is_file() else 0
         keeps = f", resuming after the {arrived:,} bytes that arrived if the server allows it" if arrived else ""
         log(
             f"download interrupted ({type(last_error).__name__}: {last_error}); retry {attempt}/{retries} in "
             f"{delay:.0f} s{keeps}"
         )
         time.sleep(delay)
-    fetched = staging / f"{competition}.zip"
     if not fetched.is_file():
         candidates = sorted(staging.glob("*.zip"))
         if not candidates:
@@ -310,10 +308,10 @@ KAGGLE_CLIENT_VERSION = "2.2.4"  # what `_client_download` follows; tests/test_d
 
 def _client_download(api, competition: str, folder: Path, force: bool) -> None:
     """`api.competition_download_files(competition, path=folder, force=force, quiet=False)` of the pinned kaggle
-    client (KAGGLE_CLIENT_VERSION), with the client's own retries turned off (`max_retries=0`), so that the loop above is the
-    only one. The client retries every OSError 5 times with 2-32 s of backoff, a full disk included: a user
-    waited about a minute, reading "Connection error ... Retrying", before the disk-full message; and a
-    network failure was retried up to 5 times inside each of our 5 attempts."""
+    client (KAGGLE_CLIENT_VERSION), with the client's own retries turned off (`max_retries=0`), so that the loop
+    above is the only one. The client retries every OSError 5 times with 2-32 s of backoff, a full disk
+    included: a user waited about a minute, reading "Connection error ... Retrying", before the disk-full
+    message; and a network failure was retried up to 5 times inside each of our 5 attempts."""
     from kagglesdk.competitions.types.competition_api_service import ApiDownloadDataFilesRequest
 
     output = _ClientOutput(sys.stdout)

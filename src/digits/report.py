@@ -48,10 +48,10 @@ def classification_summary(labels: np.ndarray, probs: np.ndarray) -> dict:
     precision = np.divide(hits, predicted, out=np.zeros_like(hits), where=predicted > 0)  # 0 where undefined
     recall = np.divide(hits, support, out=np.zeros_like(hits), where=support > 0)
     f1 = np.divide(2 * hits, support + predicted, out=np.zeros_like(hits), where=support + predicted > 0)
-    # the probability given to the true class, floored at 1e-7 (and at the dtype's eps, as scikit-learn does)
-    true_class = np.clip(probs[np.arange(len(labels)), labels], 1e-7, 1.0)
+    # the probability given to the true class, floored at 1e-7 (or at the dtype's eps if larger, as scikit-learn did)
+    true_class = probs[np.arange(len(labels)), labels]
     eps = np.finfo(true_class.dtype).eps
-    loss = -np.log(np.clip(true_class, eps, 1 - eps).astype(np.float64)).mean()
+    loss = -np.log(np.clip(true_class, max(1e-7, eps), 1 - eps).astype(np.float64)).mean()
     return {
         "rows": int(len(labels)),
         "accuracy": float((predictions == labels).mean()),
