@@ -286,6 +286,13 @@ def test_bench_runs_and_writes_its_json(tmp_path, sample_dir):
     old_accuracy = {key: value for key, value in saved["accuracy"].items() if key != "ours_bfloat16"}
     old = bench.format_table({**saved, "throughput": old_throughput, "accuracy": old_accuracy})
     _check_table_training(old, saved, "not timed (a bench written before session 17)")
+    # a bench written before XNNPACK (session 21) says the Keras row was not timed
+    old_prediction = {
+        key: value for key, value in saved["prediction"].items() if not key.startswith(("float32_k", "xnn"))
+    }
+    old = bench.format_table({**saved, "prediction": old_prediction})
+    keras_row = next(line for line in old.splitlines() if line.startswith("  ours, float32 in Keras"))
+    assert keras_row.endswith(" not timed (a bench written before session 21)") and "XNNPACK predicts" not in old
     _check_table_prediction(table, skipped)
     _check_table_training(table, saved, skipped)
     # the other kind of record: a bench that timed bfloat16 training, or one that did not
@@ -311,7 +318,7 @@ def _check_prediction(prediction: dict, images: int, skipped: str | None, traine
     from digits import bench
 
     assert prediction["test_images"] == images and prediction["parts"] == 4
-    for key in ("plain", "float32", "bfloat16") if skipped is None else ("plain", "float32"):
+    for key in ("plain", "float32", "float32_keras") + (("bfloat16",) if skipped is None else ()):
         assert prediction[key]["images_per_second"] > 0
         parts = prediction[key]["seconds_per_part"]  # the ways took turns over four parts of the test set
         assert len(parts) == 4 and min(parts) > 0
@@ -319,6 +326,9 @@ def _check_prediction(prediction: dict, images: int, skipped: str | None, traine
         expected = 5 * images / prediction[key]["images_per_second"]
         assert prediction[key]["five_fold_ensemble_seconds"] == pytest.approx(expected, rel=0.01, abs=0.01)
     assert prediction["float32_max_abs_difference_from_plain"] < 1e-4  # folding batch norm is exact
+    # XNNPACK computes the same float32 copy as Keras, in another order
+    assert 0 < prediction["xnnpack_max_abs_difference_from_keras"] < 1e-5
+    assert prediction["xnnpack_same_digit_as_keras"] >= (0.999 if trained else 0.99)
     if skipped is None:
         # a barely trained model has near-ties, an untrained one may have nothing else
         assert (0.8 if trained else 0) <= prediction["bfloat16_same_digit_as_float32"] <= 1
@@ -350,12 +360,15 @@ def _check_table_training(table: str, saved: dict, skipped: str | None) -> None:
 
 
 def _check_table_prediction(table: str, skipped: str | None) -> None:
+    rows = {line.strip().split(" ", 4)[2]: line for line in table.splitlines() if line.startswith("  ours, float32 ")}
+    assert sorted(rows) == ["in", "on"] and all(line.strip().endswith("images/s)") for line in rows.values())
+    assert "XNNPACK predicts the same digit as Keras for " in table
     bf16_line = next(line for line in table.splitlines() if line.strip().startswith("ours, bfloat16"))
     if skipped is None:
         assert bf16_line.strip().endswith("images/s)") and "predicts the same digit as float32" in table
     else:
         assert bf16_line.split(maxsplit=2)[2].strip() == skipped and len(bf16_line) <= 120
-        assert "predicts the same digit" not in table
+        assert "bfloat16 predicts the same digit" not in table
 
 
 def test_make_bench_passes_bfloat16_only_when_asked():

@@ -139,6 +139,64 @@ def test_a_model_built_for_bfloat16_training_keeps_float32_weights_and_softmax(n
     assert (float32_probs.argmax(1) == probs.argmax(1)).mean() >= 0.9
 
 
+@pytest.mark.parametrize("name", sorted(models.MODELS))
+def test_xnnpack_predicts_what_keras_does(name, sample_train):
+    """Every float32 prediction runs on TensorFlow Lite's XNNPACK: the same probabilities as the Keras copy, for
+    any number of images (a partial last batch, one image, none)."""
+    model = _with_trained_statistics(name)
+    images = sample_train.images[:700]
+    expected = models.inference_model(model).predict(images.astype(np.float32), verbose=0)
+    probs = predict(model, images)
+    assert probs.dtype == np.float32 and probs.shape == (700, 10)
+    assert not np.array_equal(probs, expected)  # really computed by another engine
+    np.testing.assert_allclose(probs, expected, atol=1e-5)
+    assert (probs.argmax(1) == expected.argmax(1)).all()
+    np.testing.assert_allclose(predict(model, images, engine="keras"), expected, atol=1e-6)  # Keras on request
+    for rows in (1, 257, 0):  # the interpreter re-plans for each new batch shape, and back
+        np.testing.assert_allclose(predict(model, images[:rows]), expected[:rows], atol=1e-5)
+    assert predict(model, images[:0]).shape == (0, 10)
+    np.testing.assert_allclose(predict(model, images), probs, atol=1e-7)
+
+
+def test_xnnpack_refuses_what_it_cannot_compute(sample_train):
+    model = _with_trained_statistics("tiny")
+    with pytest.raises(ValueError, match="unknown engine 'tflite'; choose one of: xnnpack, keras"):
+        predict(model, sample_train.images[:4], engine="tflite")
+    with pytest.raises(ValueError, match="XNNPACK runs float32 models only; predict in bfloat16 with Keras"):
+        models.XnnpackRunner(models.inference_model(model, "bfloat16"), threads=1)
+
+
+def test_xnnpack_notice_is_dropped_and_everything_else_on_stderr_kept(capfd):
+    """TensorFlow Lite's C++ prints "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." on file descriptor 2
+    once per process; the filter drops that line only, and keeps what comes before, in it and after."""
+    import os
+
+    os.write(2, b"before\n")
+    with models._without_stderr_line(models.XNNPACK_NOTICE):
+        os.write(2, b"first error\n" + models.XNNPACK_NOTICE.encode() + b"\nsecond error, no newline")
+    os.write(2, b"\nafter\n")
+    assert capfd.readouterr().err == "before\nfirst error\nsecond error, no newline\nafter\n"
+    with models._without_stderr_line(models.XNNPACK_NOTICE):
+        pass
+    assert capfd.readouterr().err == ""
+
+
+def test_a_fresh_process_predicts_without_the_xnnpack_notice(sample_dir):
+    """The notice comes at a process's first XNNPACK interpreter; in pytest it may have come already."""
+    import subprocess
+    import sys
+
+    script = (
+        "from digits import data, models, train; "
+        f"images = data.load_test({str(sample_dir / 'test.csv')!r})[:40]; "
+        "print(train.predict(models.build_model('tiny'), images).shape)"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "(40, 10)"
+    assert "XNNPACK" not in result.stderr and "deprecated" not in result.stderr
+
+
 def test_predict_follows_weight_changes(sample_train):
     """The cached inference copy must never serve weights the model no longer has."""
     model = _with_trained_statistics("tiny", seed=1)
@@ -150,7 +208,7 @@ def test_predict_follows_weight_changes(sample_train):
     # a copy per precision, kept side by side: taking turns between them (as `make bench` does) rebuilds neither
     predict(model, images, precision="bfloat16")
     both = dict(_INFERENCE_MODELS[model])
-    assert sorted(precision for precision, _ in both) == ["bfloat16", "float32"]
+    assert sorted(key[:2] for key in both) == [("bfloat16", "keras"), ("float32", "xnnpack")]
     predict(model, images)
     predict(model, images, precision="bfloat16")
     assert (
@@ -159,7 +217,10 @@ def test_predict_follows_weight_changes(sample_train):
     other = _with_trained_statistics("tiny", seed=2)
     model.set_weights(other.get_weights())
     np.testing.assert_allclose(predict(model, images), other.predict(images.astype(np.float32), verbose=0), atol=2e-5)
-    # the copies of the old weights are gone, both precisions: only the new float32 copy is left
+    np.testing.assert_allclose(predict(model, images, engine="keras"), predict(model, images), atol=1e-5)
+    # the copies of the old weights are gone, both precisions: only the new float32 copies are left
+    assert sorted(key[:2] for key in _INFERENCE_MODELS[model]) == [("float32", "keras"), ("float32", "xnnpack")]
+    del _INFERENCE_MODELS[model][("float32", "keras", next(iter(_INFERENCE_MODELS[model]))[-1])]
     assert len(_INFERENCE_MODELS[model]) == 1 and not set(_INFERENCE_MODELS[model]) & set(both)
 
 

@@ -16,8 +16,8 @@ Out: `runs/bench/<date>.json` and a table on the terminal with, for the default 
   - validation accuracy of each after those epochs (no loss of accuracy), and the time each takes to
     reach `--target` validation accuracy;
   - prediction images/s and the time a 5-fold ensemble takes to predict all of test.csv: plain
-    `model.predict`, ours in float32 (batch norm folded into the convs) and ours in bfloat16, taking turns over
-    four parts of the test set. bfloat16 is timed
+    `model.predict`, ours in float32 (batch norm folded into the convs) on TensorFlow Lite's XNNPACK and in Keras,
+    and ours in bfloat16, taking turns over four parts of the test set. bfloat16 is timed
     on a CPU with native bfloat16 (AVX512-BF16 or AMX) or unknown instruction sets, and with `--bfloat16`; on
     other CPUs it is emulated (prediction took 1.8x float32's time on an AVX2 CPU), and timing it would add
     minutes for nothing;
@@ -209,12 +209,16 @@ NOT_REQUESTED = "not timed: not requested (run_benchmark(bfloat16=False))"
 
 def _prediction_speed(model, test: np.ndarray, log, bfloat16_skipped: str | None = None, chunks: int = 4) -> dict:
     """3. Prediction of the whole test set by one trained model: the plain `model.predict` on a float32
-    array (Keras' default batch of 32) against ours (`train.predict`: batch 1024, batch norms folded),
-    in float32 and in bfloat16 (unless `bfloat16_skipped` says why not), with how often bfloat16 changes the
-    predicted digit."""
+    array (Keras' default batch of 32) against ours (`train.predict`, batch norms folded): in float32 on
+    XNNPACK (what every prediction uses) and in Keras (batch 1024; what it used before session 21), and in
+    bfloat16 (unless `bfloat16_skipped` says why not), with how often bfloat16 changes the predicted digit."""
     from digits.train import predict
 
-    runs = {"plain": lambda x: model.predict(x.astype(np.float32), verbose=0), "float32": lambda x: predict(model, x)}
+    runs = {
+        "plain": lambda x: model.predict(x.astype(np.float32), verbose=0),
+        "float32": lambda x: predict(model, x),
+        "float32_keras": lambda x: predict(model, x, engine="keras"),
+    }
     if bfloat16_skipped is None:
         runs["bfloat16"] = lambda x: predict(model, x, precision="bfloat16")
     # Build and trace first, at two sizes whose last batches differ for batch 1024 and for Keras' 32 (2,048 and
@@ -243,6 +247,9 @@ def _prediction_speed(model, test: np.ndarray, log, bfloat16_skipped: str | None
         }
         log(f"  prediction, {key}: {len(test) / seconds:,.0f} images/s")
     result["float32_max_abs_difference_from_plain"] = float(np.abs(fp32_probs - plain_probs).max())
+    keras_probs = np.concatenate(parts["float32_keras"])
+    result["xnnpack_max_abs_difference_from_keras"] = float(np.abs(fp32_probs - keras_probs).max())
+    result["xnnpack_same_digit_as_keras"] = round(float((fp32_probs.argmax(1) == keras_probs.argmax(1)).mean()), 6)
     if bfloat16_skipped is None:
         same = float((np.concatenate(parts["bfloat16"]).argmax(1) == fp32_probs.argmax(1)).mean())
         result["bfloat16_same_digit_as_float32"] = round(same, 6)
@@ -445,14 +452,23 @@ def format_table(results: dict) -> str:
     lines.append(f"prediction of {p['test_images']:,} test digits by a 5-fold ensemble:")
     for key, label in (
         ("plain", "plain model.predict, float32"),
-        ("float32", "ours, float32 (batch norm folded)"),
+        ("float32", "ours, float32 on XNNPACK (folded)"),
+        ("float32_keras", "ours, float32 in Keras (folded)"),
         ("bfloat16", "ours, bfloat16"),
     ):
+        if key not in p:  # a bench file written before Keras and XNNPACK were timed apart (session 21)
+            lines.append(f"  {label:<34} not timed (a bench written before session 21)")
+            continue
         if "skipped" in p[key]:
             lines.append(f"  {label:<34} {p[key]['skipped']}")
             continue
         lines.append(
             f"  {label:<34} {p[key]['five_fold_ensemble_seconds']:>6.1f} s  ({p[key]['images_per_second']:,.0f} images/s)"
+        )
+    if "xnnpack_same_digit_as_keras" in p:
+        lines.append(
+            f"  XNNPACK predicts the same digit as Keras for {100 * p['xnnpack_same_digit_as_keras']:.3f}% of them "
+            f"(probabilities within {p['xnnpack_max_abs_difference_from_keras']:.1e})"
         )
     if "bfloat16_same_digit_as_float32" in p:
         lines.append(

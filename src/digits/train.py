@@ -173,31 +173,46 @@ def make_eval_dataset(images: np.ndarray, labels: np.ndarray, batch: int = 512):
 
 
 _INFERENCE_MODELS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+ENGINES = ("xnnpack", "keras")  # how `predict` runs a float32 inference copy
+XNNPACK_BATCH = 256  # 64-1,024 ran at the same speed on the AVX2 CPU (session 21); 256 keeps the buffers small
 
 
-def predict(model, images: np.ndarray, batch: int = 1024, precision: str = "float32") -> np.ndarray:
+def predict(
+    model, images: np.ndarray, batch: int = 1024, precision: str = "float32", engine: str = "xnnpack"
+) -> np.ndarray:
     """Class probabilities (N, 10) float32 for uint8 images, through the model's inference copy.
 
-    The copy (batch norms folded into the convs, `models.inference_model`), one per precision, is kept
-    while the model lives and its weights do not change, so repeated calls (TTA, several sets, the bench's
-    turns between float32 and bfloat16) build it once.
+    The copy (batch norms folded into the convs, `models.inference_model`) is kept while the model lives and its
+    weights do not change, one per precision and engine, so repeated calls (TTA, several sets, the bench's turns)
+    build it once. In float32 it runs on TensorFlow Lite's XNNPACK (`engine="xnnpack"`, `models.XnnpackRunner`:
+    about 2x Keras on the CPUs measured, the same probabilities to about 1e-7) unless `engine="keras"`, or this
+    TensorFlow has no Lite interpreter; bfloat16 always runs in Keras, which has the bfloat16 kernels.
     """
     import tensorflow as tf
 
-    from digits.models import inference_model, is_graph_model
+    from digits.models import XnnpackRunner, inference_model, is_graph_model, xnnpack_available
 
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine '{engine}'; choose one of: {', '.join(ENGINES)}")
     runner = model
     if is_graph_model(model):  # a subclassed model cannot be rewritten: it predicts as it is
         digest = hashlib.blake2b(digest_size=16)
         for weights in model.get_weights():
             digest.update(weights.tobytes())
-        key = (precision, digest.hexdigest())
+        if precision != "float32" or not xnnpack_available():
+            engine = "keras"
+        key = (precision, engine, digest.hexdigest())
         copies = _INFERENCE_MODELS.setdefault(model, {})
         if key not in copies:
-            for stale in [old for old in copies if old[1] != key[1]]:  # copies of weights the model no longer has
+            for stale in [old for old in copies if old[-1] != key[-1]]:  # copies of weights the model no longer has
                 del copies[stale]
-            copies[key] = inference_model(model, precision)  # one per precision, so that they can take turns
+            copy = copies.get((precision, "keras", key[-1]))
+            if copy is None:
+                copy = inference_model(model, precision)
+            copies[key] = XnnpackRunner(copy, available_cores()) if engine == "xnnpack" else copy
         runner = copies[key]
+        if engine == "xnnpack":
+            return runner.predict(images, batch=min(batch, XNNPACK_BATCH))
     dataset = tf.data.Dataset.from_tensor_slices(images).batch(batch).map(lambda x: tf.cast(x, tf.float32))
     return runner.predict(dataset.prefetch(tf.data.AUTOTUNE), verbose=0).astype(np.float32)
 
