@@ -131,16 +131,15 @@ def test_config_round_trips_through_json():
     assert config_lib.from_dict(old).precision == "float32"
 
 
-def test_precision_auto_is_bfloat16_only_on_a_cpu_with_amx(tmp_path):
+def test_precision_auto_is_bfloat16_only_on_a_cpu_with_native_bfloat16(tmp_path):
     from digits import bench
 
-    amx = "amx_bf16" in (bench.cpu_info()["flags"] or [])
+    native = bool({"amx_bf16", "avx512_bf16"} & set(bench.cpu_info()["flags"] or []))
     auto = config_lib.resolve("default", {"precision": "auto"})
-    assert auto.precision == ("bfloat16" if amx else "float32") == config_lib.fast_precision()
-    assert config_lib.fast_precision({"model": "Xeon", "flags": ["avx2", "avx512f", "avx512_bf16", "amx_bf16"]}) == (
-        "bfloat16"
-    )
-    for flags in (["avx2", "avx512f", "avx512_bf16"], ["avx2"], None):  # AVX512-BF16 alone trains no faster
+    assert auto.precision == ("bfloat16" if native else "float32") == config_lib.fast_precision()
+    for flags in (["avx2", "avx512f", "avx512_bf16", "amx_bf16"], ["avx2", "avx512f", "avx512_bf16"]):
+        assert config_lib.fast_precision({"model": "Xeon or EPYC", "flags": flags}) == "bfloat16"
+    for flags in (["avx2", "avx512f"], ["avx2"], None):  # emulated, or unknown
         assert config_lib.fast_precision({"model": "EPYC", "flags": flags}) == "float32"
     assert auto.to_dict()["precision"] in ("float32", "bfloat16")  # what the run records: never "auto"
     for preset in config_lib.PRESETS:  # every preset trains in the fast precision for this machine

@@ -286,13 +286,19 @@ def test_bench_runs_and_writes_its_json(tmp_path, sample_dir):
     old_accuracy = {key: value for key, value in saved["accuracy"].items() if key != "ours_bfloat16"}
     old = bench.format_table({**saved, "throughput": old_throughput, "accuracy": old_accuracy})
     _check_table_training(old, saved, "not timed (a bench written before session 17)")
-    # a bench written before XNNPACK (session 21) says the Keras row was not timed
+    # a bench written before XNNPACK (session 21) says that row was not timed, and marks no engine
     old_prediction = {
-        key: value for key, value in saved["prediction"].items() if not key.startswith(("float32_k", "xnn"))
+        key: value for key, value in saved["prediction"].items() if not key.startswith(("float32_x", "xnn", "engine"))
     }
     old = bench.format_table({**saved, "prediction": old_prediction})
-    keras_row = next(line for line in old.splitlines() if line.startswith("  ours, float32 in Keras"))
-    assert keras_row.endswith(" not timed (a bench written before session 21)") and "XNNPACK predicts" not in old
+    xnnpack_row = next(line for line in old.splitlines() if line.startswith("  ours, float32 on XNNPACK"))
+    assert xnnpack_row.endswith(" not timed (a bench written before session 21)") and "XNNPACK predicts" not in old
+    assert "<- what make train" not in old
+    # on a CPU where the other engine is the faster, the other row is marked
+    other = {"keras": "xnnpack", "xnnpack": "keras"}[saved["prediction"]["engine"]]
+    flipped = bench.format_table({**saved, "prediction": {**saved["prediction"], "engine": other}})
+    marked = [line for line in flipped.splitlines() if line.endswith("<- what make train and make submission use here")]
+    assert len(marked) == 1 and ("XNNPACK" in marked[0]) == (other == "xnnpack")
     _check_table_prediction(table, skipped)
     _check_table_training(table, saved, skipped)
     # the other kind of record: a bench that timed bfloat16 training, or one that did not
@@ -316,9 +322,11 @@ def test_bench_runs_and_writes_its_json(tmp_path, sample_dir):
 
 def _check_prediction(prediction: dict, images: int, skipped: str | None, trained: bool = True) -> None:
     from digits import bench
+    from digits.train import fast_engine
 
     assert prediction["test_images"] == images and prediction["parts"] == 4
-    for key in ("plain", "float32", "float32_keras") + (("bfloat16",) if skipped is None else ()):
+    assert prediction["engine"] == fast_engine()
+    for key in ("plain", "float32", "float32_xnnpack") + (("bfloat16",) if skipped is None else ()):
         assert prediction[key]["images_per_second"] > 0
         parts = prediction[key]["seconds_per_part"]  # the ways took turns over four parts of the test set
         assert len(parts) == 4 and min(parts) > 0
@@ -360,8 +368,14 @@ def _check_table_training(table: str, saved: dict, skipped: str | None) -> None:
 
 
 def _check_table_prediction(table: str, skipped: str | None) -> None:
+    from digits.train import fast_engine
+
     rows = {line.strip().split(" ", 4)[2]: line for line in table.splitlines() if line.startswith("  ours, float32 ")}
-    assert sorted(rows) == ["in", "on"] and all(line.strip().endswith("images/s)") for line in rows.values())
+    assert sorted(rows) == ["in", "on"]
+    # the engine `predict` uses on this CPU is marked, and only it
+    used = {"keras": "in", "xnnpack": "on"}[fast_engine()]
+    assert rows[used].endswith("images/s)  <- what make train and make submission use here")
+    assert all(line.endswith("images/s)") for word, line in rows.items() if word != used)
     assert "XNNPACK predicts the same digit as Keras for " in table
     bf16_line = next(line for line in table.splitlines() if line.strip().startswith("ours, bfloat16"))
     if skipped is None:

@@ -8,7 +8,8 @@ import pytest
 keras = pytest.importorskip("keras")
 
 from digits import models  # noqa: E402
-from digits.train import _INFERENCE_MODELS, predict  # noqa: E402
+from digits.bench import cpu_info  # noqa: E402
+from digits.train import _INFERENCE_MODELS, fast_engine, predict  # noqa: E402
 
 
 def _with_trained_statistics(name: str, seed: int = 0) -> keras.Model:
@@ -141,26 +142,38 @@ def test_a_model_built_for_bfloat16_training_keeps_float32_weights_and_softmax(n
 
 @pytest.mark.parametrize("name", sorted(models.MODELS))
 def test_xnnpack_predicts_what_keras_does(name, sample_train):
-    """Every float32 prediction runs on TensorFlow Lite's XNNPACK: the same probabilities as the Keras copy, for
-    any number of images (a partial last batch, one image, none)."""
+    """Float32 prediction on TensorFlow Lite's XNNPACK: the same probabilities as the Keras copy, for any number
+    of images (a partial last batch, one image, none)."""
     model = _with_trained_statistics(name)
     images = sample_train.images[:700]
     expected = models.inference_model(model).predict(images.astype(np.float32), verbose=0)
-    probs = predict(model, images)
+    probs = predict(model, images, engine="xnnpack")
     assert probs.dtype == np.float32 and probs.shape == (700, 10)
     assert not np.array_equal(probs, expected)  # really computed by another engine
     np.testing.assert_allclose(probs, expected, atol=1e-5)
     assert (probs.argmax(1) == expected.argmax(1)).all()
     np.testing.assert_allclose(predict(model, images, engine="keras"), expected, atol=1e-6)  # Keras on request
     for rows in (1, 257, 0):  # the interpreter re-plans for each new batch shape, and back
-        np.testing.assert_allclose(predict(model, images[:rows]), expected[:rows], atol=1e-5)
-    assert predict(model, images[:0]).shape == (0, 10)
-    np.testing.assert_allclose(predict(model, images), probs, atol=1e-7)
+        np.testing.assert_allclose(predict(model, images[:rows], engine="xnnpack"), expected[:rows], atol=1e-5)
+    assert predict(model, images[:0], engine="xnnpack").shape == (0, 10)
+    np.testing.assert_allclose(predict(model, images, engine="xnnpack"), probs, atol=1e-7)
+    # without an engine named, this CPU's faster one
+    auto = predict(model, images)
+    np.testing.assert_array_equal(auto, probs if fast_engine() == "xnnpack" else predict(model, images, engine="keras"))
+
+
+def test_the_faster_engine_for_each_cpu():
+    """XNNPACK was the faster float32 engine on the AVX2-only CPU, Keras (oneDNN) on the AVX-512 one."""
+    assert fast_engine({"model": "AMD EPYC", "flags": ["avx2"]}) == "xnnpack"
+    assert fast_engine({"model": "AMD EPYC", "flags": ["avx2", "avx512f", "avx512_bf16"]}) == "keras"
+    assert fast_engine({"model": "Xeon", "flags": ["avx2", "avx512f", "avx512_bf16", "amx_bf16"]}) == "keras"
+    assert fast_engine({"model": "arm", "flags": None}) == "xnnpack"
+    assert fast_engine() == fast_engine(cpu_info())  # this machine's
 
 
 def test_xnnpack_refuses_what_it_cannot_compute(sample_train):
     model = _with_trained_statistics("tiny")
-    with pytest.raises(ValueError, match="unknown engine 'tflite'; choose one of: xnnpack, keras"):
+    with pytest.raises(ValueError, match="unknown engine 'tflite'; choose one of: auto, xnnpack, keras"):
         predict(model, sample_train.images[:4], engine="tflite")
     with pytest.raises(ValueError, match="XNNPACK runs float32 models only; predict in bfloat16 with Keras"):
         models.XnnpackRunner(models.inference_model(model, "bfloat16"), threads=1)
@@ -189,7 +202,7 @@ def test_a_fresh_process_predicts_without_the_xnnpack_notice(sample_dir):
     script = (
         "from digits import data, models, train; "
         f"images = data.load_test({str(sample_dir / 'test.csv')!r})[:40]; "
-        "print(train.predict(models.build_model('tiny'), images).shape)"
+        "print(train.predict(models.build_model('tiny'), images, engine='xnnpack').shape)"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -201,23 +214,24 @@ def test_predict_follows_weight_changes(sample_train):
     """The cached inference copy must never serve weights the model no longer has."""
     model = _with_trained_statistics("tiny", seed=1)
     images = sample_train.images[:64]
-    before = predict(model, images)
+    before = predict(model, images, engine="xnnpack")
     copies = dict(_INFERENCE_MODELS[model])
-    np.testing.assert_array_equal(predict(model, images), before)
+    np.testing.assert_array_equal(predict(model, images, engine="xnnpack"), before)
     assert dict(_INFERENCE_MODELS[model]) == copies  # the same copy served again, not rebuilt
     # a copy per precision, kept side by side: taking turns between them (as `make bench` does) rebuilds neither
     predict(model, images, precision="bfloat16")
     both = dict(_INFERENCE_MODELS[model])
     assert sorted(key[:2] for key in both) == [("bfloat16", "keras"), ("float32", "xnnpack")]
-    predict(model, images)
+    predict(model, images, engine="xnnpack")
     predict(model, images, precision="bfloat16")
     assert (
         all(_INFERENCE_MODELS[model][key] is copy for key, copy in both.items()) and len(_INFERENCE_MODELS[model]) == 2
     )
     other = _with_trained_statistics("tiny", seed=2)
     model.set_weights(other.get_weights())
-    np.testing.assert_allclose(predict(model, images), other.predict(images.astype(np.float32), verbose=0), atol=2e-5)
-    np.testing.assert_allclose(predict(model, images, engine="keras"), predict(model, images), atol=1e-5)
+    expected = other.predict(images.astype(np.float32), verbose=0)
+    np.testing.assert_allclose(predict(model, images, engine="xnnpack"), expected, atol=2e-5)
+    np.testing.assert_allclose(predict(model, images, engine="keras"), expected, atol=2e-5)
     # the copies of the old weights are gone, both precisions: only the new float32 copies are left
     assert sorted(key[:2] for key in _INFERENCE_MODELS[model]) == [("float32", "keras"), ("float32", "xnnpack")]
     del _INFERENCE_MODELS[model][("float32", "keras", next(iter(_INFERENCE_MODELS[model]))[-1])]

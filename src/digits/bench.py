@@ -11,19 +11,20 @@ Out: `runs/bench/<date>.json` and a table on the terminal with, for the default 
   - the ceiling: the same train step on in-memory batches without augmentation (what the model's
     arithmetic alone allows; no input pipeline can do better), timed in turns between the epochs;
   - ours again with bfloat16 arithmetic (`make train PRECISION=bfloat16`), its ratio over plain and over ours
-    in float32, on the CPUs where bfloat16 prediction is timed (below); it pays for training only with AMX;
+    in float32, on the CPUs where bfloat16 prediction is timed (below); with the fused batch norm it pays with
+    AMX (1.8-1.9x ours in float32) and AVX512-BF16 (1.4x), and `make train` trains in it there;
   - seconds per epoch of a 5-fold split (33,600 training images) for each;
   - validation accuracy of each after those epochs (no loss of accuracy), and the time each takes to
     reach `--target` validation accuracy;
   - prediction images/s and the time a 5-fold ensemble takes to predict all of test.csv: plain
-    `model.predict`, ours in float32 (batch norm folded into the convs) on TensorFlow Lite's XNNPACK and in Keras,
-    and ours in bfloat16, taking turns over four parts of the test set. bfloat16 is timed
+    `model.predict`, ours in float32 (batch norm folded into the convs) in Keras and on TensorFlow Lite's
+    XNNPACK, the one `make train` uses on this CPU marked, and ours in bfloat16, taking turns over four parts of
+    the test set. bfloat16 is timed
     on a CPU with native bfloat16 (AVX512-BF16 or AMX) or unknown instruction sets, and with `--bfloat16`; on
     other CPUs it is emulated (prediction took 1.8x float32's time on an AVX2 CPU), and timing it would add
     minutes for nothing;
   - peak resident memory, and the CPU with the instruction sets that decide these speeds (AVX-512 trains this
-    model about 3x faster than AVX2 alone; bfloat16 predicts faster with native AVX512-BF16 or AMX, and trains
-    faster only with AMX).
+    model about 3x faster than AVX2 alone; bfloat16 predicts and trains faster with native AVX512-BF16 or AMX).
 Speeds on a shared machine vary from run to run: compare the ratio measured within one run.
 """
 
@@ -63,11 +64,6 @@ def cpu_info(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict:
         return {"model": model, "flags": None}
     present = set(fields["flags"].split())
     return {"model": model, "flags": [flag for flag in SPEED_FLAGS if flag in present]}
-
-
-def amx_bfloat16(cpu: dict) -> bool:
-    """Whether the CPU has AMX's bfloat16 tiles, the one kind on which bfloat16 *training* pays here."""
-    return "amx_bf16" in (cpu["flags"] or [])
 
 
 def native_bfloat16(cpu: dict) -> bool | None:
@@ -209,15 +205,16 @@ NOT_REQUESTED = "not timed: not requested (run_benchmark(bfloat16=False))"
 
 def _prediction_speed(model, test: np.ndarray, log, bfloat16_skipped: str | None = None, chunks: int = 4) -> dict:
     """3. Prediction of the whole test set by one trained model: the plain `model.predict` on a float32
-    array (Keras' default batch of 32) against ours (`train.predict`, batch norms folded): in float32 on
-    XNNPACK (what every prediction uses) and in Keras (batch 1024; what it used before session 21), and in
-    bfloat16 (unless `bfloat16_skipped` says why not), with how often bfloat16 changes the predicted digit."""
-    from digits.train import predict
+    array (Keras' default batch of 32) against ours (`train.predict`, batch norms folded): in float32 in Keras
+    (batch 1024) and on TensorFlow Lite's XNNPACK (batch 256; since session 21), and in bfloat16 (unless
+    `bfloat16_skipped` says why not), with how often XNNPACK and bfloat16 change the predicted digit. Which
+    float32 engine `make train` and `make submission` use on this CPU is `train.fast_engine`'s choice."""
+    from digits.train import fast_engine, predict
 
     runs = {
         "plain": lambda x: model.predict(x.astype(np.float32), verbose=0),
-        "float32": lambda x: predict(model, x),
-        "float32_keras": lambda x: predict(model, x, engine="keras"),
+        "float32": lambda x: predict(model, x, engine="keras"),
+        "float32_xnnpack": lambda x: predict(model, x, engine="xnnpack"),
     }
     if bfloat16_skipped is None:
         runs["bfloat16"] = lambda x: predict(model, x, precision="bfloat16")
@@ -237,7 +234,7 @@ def _prediction_speed(model, test: np.ndarray, log, bfloat16_skipped: str | None
             parts[key].append(run(chunk))
             spent[key].append(time.perf_counter() - started)
     plain_probs, fp32_probs = np.concatenate(parts["plain"]), np.concatenate(parts["float32"])
-    result: dict = {"test_images": int(len(test)), "parts": chunks}
+    result: dict = {"test_images": int(len(test)), "parts": chunks, "engine": fast_engine()}
     for key, per_part in spent.items():
         seconds = sum(per_part)
         result[key] = {
@@ -247,9 +244,9 @@ def _prediction_speed(model, test: np.ndarray, log, bfloat16_skipped: str | None
         }
         log(f"  prediction, {key}: {len(test) / seconds:,.0f} images/s")
     result["float32_max_abs_difference_from_plain"] = float(np.abs(fp32_probs - plain_probs).max())
-    keras_probs = np.concatenate(parts["float32_keras"])
-    result["xnnpack_max_abs_difference_from_keras"] = float(np.abs(fp32_probs - keras_probs).max())
-    result["xnnpack_same_digit_as_keras"] = round(float((fp32_probs.argmax(1) == keras_probs.argmax(1)).mean()), 6)
+    xnnpack_probs = np.concatenate(parts["float32_xnnpack"])
+    result["xnnpack_max_abs_difference_from_keras"] = float(np.abs(xnnpack_probs - fp32_probs).max())
+    result["xnnpack_same_digit_as_keras"] = round(float((xnnpack_probs.argmax(1) == fp32_probs.argmax(1)).mean()), 6)
     if bfloat16_skipped is None:
         same = float((np.concatenate(parts["bfloat16"]).argmax(1) == fp32_probs.argmax(1)).mean())
         result["bfloat16_same_digit_as_float32"] = round(same, 6)
@@ -450,20 +447,24 @@ def format_table(results: dict) -> str:
         f"images/s = {t['ceiling_ratio']:.2f}x plain; no input pipeline can beat it"
     )
     lines.append(f"prediction of {p['test_images']:,} test digits by a 5-fold ensemble:")
+    engines = {"float32": "keras", "float32_xnnpack": "xnnpack"}
     for key, label in (
         ("plain", "plain model.predict, float32"),
-        ("float32", "ours, float32 on XNNPACK (folded)"),
-        ("float32_keras", "ours, float32 in Keras (folded)"),
+        ("float32", "ours, float32 in Keras (folded)"),
+        ("float32_xnnpack", "ours, float32 on XNNPACK (folded)"),
         ("bfloat16", "ours, bfloat16"),
     ):
-        if key not in p:  # a bench file written before Keras and XNNPACK were timed apart (session 21)
+        if key not in p:  # a bench file written before XNNPACK was timed (session 21)
             lines.append(f"  {label:<34} not timed (a bench written before session 21)")
             continue
         if "skipped" in p[key]:
             lines.append(f"  {label:<34} {p[key]['skipped']}")
             continue
+        marked = key in engines and p.get("engine") == engines[key]  # benches before session 22 name no engine
+        used = "  <- what make train and make submission use here" if marked else ""
         lines.append(
-            f"  {label:<34} {p[key]['five_fold_ensemble_seconds']:>6.1f} s  ({p[key]['images_per_second']:,.0f} images/s)"
+            f"  {label:<34} {p[key]['five_fold_ensemble_seconds']:>6.1f} s  "
+            f"({p[key]['images_per_second']:,.0f} images/s){used}"
         )
     if "xnnpack_same_digit_as_keras" in p:
         lines.append(

@@ -56,8 +56,8 @@ class Config:
     elastic_sigma: float = 4.0
     deterministic: bool = False
     # the precision of the training arithmetic: "float32", or "bfloat16" (Keras' mixed_bfloat16: bfloat16 convs and
-    # activations, float32 weights, optimizer and softmax). bfloat16 trains about 1.8x faster on CPUs with AMX, no
-    # faster with AVX512-BF16 alone, slower without either (emulated); `resolve` turns "auto" (every preset's
+    # activations, float32 weights, optimizer and softmax). With the fused batch norm bfloat16 trains about 1.8x
+    # faster on CPUs with AMX, 1.4x with AVX512-BF16 alone, slower without either (emulated); `resolve` turns "auto" (every preset's
     # choice) into the fast one for this machine. The field's default stays float32, so a config.json written
     # before this setting existed reads as it trained
     precision: str = "float32"
@@ -105,7 +105,7 @@ PRESETS: dict[str, dict] = {
     # docs/experiments.md)
     "quick": {"folds": 3, "epochs": 4, "batch": 64, "warmup_epochs": 0.25, "dropout_scale": 0.0, "precision": "auto"},
     # the measured default: 5 folds in about 40 minutes on 2 CPU cores in float32, 22 in bfloat16 on an AMX CPU
-    # (`auto`, with the fused batch norm). No dropout:
+    # (`auto`, with the fused batch norm; bfloat16 with AVX512-BF16 too since session 22). No dropout:
     # on two holdouts (seeds 42 and 7) its fold ensemble made 14 and 9 errors against 18 and 13 with dropout, and
     # its OOF rows are as good (docs/experiments.md)
     "default": {"dropout_scale": 0.0, "precision": "auto"},
@@ -118,17 +118,19 @@ PRESETS: dict[str, dict] = {
 
 
 def fast_precision(cpu: dict | None = None, gpus: Path = Path("/proc/driver/nvidia/gpus")) -> str:
-    """ "bfloat16" on a CPU with AMX (Intel Xeon since Sapphire Rapids), else "float32". AVX512-BF16 alone is not
-    enough: on such an AMD EPYC, bfloat16 training ran no faster than float32 (its backward-to-weights
-    convolutions are as slow; docs/experiments.md), and without either it is emulated and slower. float32 too
-    where an NVIDIA GPU is installed (`gpus` lists one): the model then trains there, and bfloat16 was never
-    measured on a GPU. With AMX, the default model trained as accurately in bfloat16 as in float32 on two
-    holdouts (24 errors of 8,400, 25 with the fused batch norm, against 23). `cpu`: `bench.cpu_info()`'s record (default: this machine's)."""
-    from digits.bench import amx_bfloat16, cpu_info
+    """ "bfloat16" on a CPU with native bfloat16: AMX (Intel Xeon since Sapphire Rapids; the default model's
+    training 1.8-1.9x faster than in float32) or AVX512-BF16 (AMD EPYC since Zen 4, Intel Cooper Lake: 1.36-1.43x
+    with the fused batch norm in two `make bench` runs of session 22; with Keras' batch norm it was no faster,
+    docs/experiments.md). Else "float32": without either, bfloat16 is emulated and slower. float32 too where an
+    NVIDIA GPU is installed (`gpus` lists one): the model then trains there, and bfloat16 was never measured on a
+    GPU. With AMX, the default model trained as accurately in bfloat16 as in float32 on two holdouts (24 errors
+    of 8,400, 25 with the fused batch norm, against 23); with AVX512-BF16, `max` made 10 errors on seed 7's
+    holdout (the float32 default 9). `cpu`: `bench.cpu_info()`'s record (default: this machine's)."""
+    from digits.bench import cpu_info, native_bfloat16
 
     if gpus.is_dir() and any(gpus.iterdir()):
         return "float32"
-    return "bfloat16" if amx_bfloat16(cpu or cpu_info()) else "float32"
+    return "bfloat16" if native_bfloat16(cpu or cpu_info()) else "float32"
 
 
 def resolve(preset: str = "default", overrides: dict | None = None) -> Config:
@@ -240,7 +242,7 @@ def validate(config: Config) -> None:
     if config.precision not in models.PRECISIONS:
         fail(
             f"PRECISION={config.precision}: choose one of {', '.join(models.PRECISIONS)}, or auto (bfloat16 on CPUs with "
-            f"AMX, float32 elsewhere)"
+            f"AMX or AVX512-BF16, float32 elsewhere)"
         )
     if config.batch < 1:
         fail(f"BATCH={config.batch}: the batch size must be at least 1 (128 is the default)")

@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import datetime as dt
 import fcntl
+import functools
 import hashlib
 import io
 import json
@@ -85,16 +86,15 @@ def configure_tensorflow(config: Config) -> None:
 
 def slow_precision(precision: str, cpu: dict | None = None) -> str | None:
     """Why training in `precision` is slow on this CPU (`cpu`: `bench.cpu_info()`'s record), or None."""
-    from digits.bench import amx_bfloat16, cpu_info, native_bfloat16
+    from digits.bench import cpu_info, native_bfloat16
 
     cpu = cpu or cpu_info()
-    if precision != "bfloat16" or amx_bfloat16(cpu):
-        return None
     native = native_bfloat16(cpu)
+    if precision != "bfloat16" or native:
+        return None
     why = {
-        True: "it has AVX512-BF16 but not AMX, with which bfloat16 trained no faster than float32",
         False: "it lacks native bfloat16 (AVX512-BF16, AMX), so bfloat16 is emulated and slower than float32",
-        None: "its instruction sets are unknown; bfloat16 trains faster only with AMX",
+        None: "its instruction sets are unknown; bfloat16 trains faster only with AVX512-BF16 or AMX",
     }[native]
     return (
         f"PRECISION=bfloat16 on this CPU ({cpu['model']}): {why}. To train in float32, start a new run "
@@ -173,20 +173,37 @@ def make_eval_dataset(images: np.ndarray, labels: np.ndarray, batch: int = 512):
 
 
 _INFERENCE_MODELS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-ENGINES = ("xnnpack", "keras")  # how `predict` runs a float32 inference copy
+ENGINES = ("auto", "xnnpack", "keras")  # how `predict` runs a float32 inference copy
 XNNPACK_BATCH = 256  # 64-1,024 ran at the same speed on the AVX2 CPU (session 21); 256 keeps the buffers small
 
 
+@functools.cache
+def _this_cpu() -> dict:
+    from digits.bench import cpu_info
+
+    return cpu_info()
+
+
+def fast_engine(cpu: dict | None = None) -> str:
+    """The faster engine for float32 prediction on this CPU (`cpu`: `bench.cpu_info()`'s record, default this
+    machine's): Keras (oneDNN) on a CPU with AVX-512, where XNNPACK ran at 0.89-1.05x its speed, else XNNPACK, which
+    ran at 1.6-2x Keras' speed on the AVX2-only AMD EPYC (docs/experiments.md, sessions 21-22). A CPU whose flags
+    are unknown (not x86) gets XNNPACK, the engine TensorFlow Lite built for such CPUs; unmeasured here."""
+    cpu = cpu or _this_cpu()
+    return "keras" if "avx512f" in (cpu["flags"] or []) else "xnnpack"
+
+
 def predict(
-    model, images: np.ndarray, batch: int = 1024, precision: str = "float32", engine: str = "xnnpack"
+    model, images: np.ndarray, batch: int = 1024, precision: str = "float32", engine: str = "auto"
 ) -> np.ndarray:
     """Class probabilities (N, 10) float32 for uint8 images, through the model's inference copy.
 
     The copy (batch norms folded into the convs, `models.inference_model`) is kept while the model lives and its
     weights do not change, one per precision and engine, so repeated calls (TTA, several sets, the bench's turns)
-    build it once. In float32 it runs on TensorFlow Lite's XNNPACK (`engine="xnnpack"`, `models.XnnpackRunner`:
-    about 2x Keras on the CPUs measured, the same probabilities to about 1e-7) unless `engine="keras"`, or this
-    TensorFlow has no Lite interpreter; bfloat16 always runs in Keras, which has the bfloat16 kernels.
+    build it once. In float32 it runs on `engine`: "keras", or "xnnpack" (TensorFlow Lite's engine,
+    `models.XnnpackRunner`: the same probabilities to about 1e-6), or "auto", the faster of the two on this CPU
+    (`fast_engine`); XNNPACK falls back to Keras where this TensorFlow has no Lite interpreter. bfloat16 always
+    runs in Keras, which has the bfloat16 kernels.
     """
     import tensorflow as tf
 
@@ -194,6 +211,8 @@ def predict(
 
     if engine not in ENGINES:
         raise ValueError(f"unknown engine '{engine}'; choose one of: {', '.join(ENGINES)}")
+    if engine == "auto":
+        engine = fast_engine()
     runner = model
     if is_graph_model(model):  # a subclassed model cannot be rewritten: it predicts as it is
         digest = hashlib.blake2b(digest_size=16)
@@ -1014,9 +1033,9 @@ def register_commands(commands) -> None:
     train.add_argument("--elastic", help="elastic distortion strength (alpha; 0 = off, 34 = Simard's; sigma via --set)")
     train.add_argument(
         "--precision",
-        help="auto (every preset's default: bfloat16 where the CPU has AMX and no NVIDIA GPU is installed, float32 "
-        "elsewhere), float32, or bfloat16 (about 1.8x faster on CPUs with AMX; no faster with AVX512-BF16 alone, "
-        "slower without native bfloat16)",
+        help="auto (every preset's default: bfloat16 where the CPU has AMX or AVX512-BF16 and no NVIDIA GPU is "
+        "installed, float32 elsewhere), float32, or bfloat16 (about 1.8x faster on CPUs with AMX, 1.4x with "
+        "AVX512-BF16, slower without native bfloat16)",
     )
     train.add_argument("--dropout", help="multiply the model's dropout rates by this (1 = as built, 0 = off)")
     train.add_argument("--deterministic", action="store_true")
