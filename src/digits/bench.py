@@ -201,6 +201,7 @@ NO_NATIVE_BFLOAT16_WHY = (
     "digits in bfloat16 against 54.0 s in float32 on an AVX2 CPU (sessions 10 and 11)"
 )
 NOT_REQUESTED = "not timed: not requested (run_benchmark(bfloat16=False))"
+NO_XNNPACK = "not timed: this TensorFlow has no tf.lite.Interpreter"
 
 
 def _prediction_speed(model, test: np.ndarray, log, bfloat16_skipped: str | None = None, chunks: int = 4) -> dict:
@@ -208,14 +209,16 @@ def _prediction_speed(model, test: np.ndarray, log, bfloat16_skipped: str | None
     array (Keras' default batch of 32) against ours (`train.predict`, batch norms folded): in float32 in Keras
     (batch 1024) and on TensorFlow Lite's XNNPACK (batch 256; since session 21), and in bfloat16 (unless
     `bfloat16_skipped` says why not), with how often XNNPACK and bfloat16 change the predicted digit. Which
-    float32 engine `make train` and `make submission` use on this CPU is `train.fast_engine`'s choice."""
-    from digits.train import fast_engine, predict
+    float32 engine `make train` and `make submission` use on this CPU is `train.float32_engine`'s choice."""
+    from digits.models import xnnpack_available
+    from digits.train import float32_engine, predict
 
     runs = {
         "plain": lambda x: model.predict(x.astype(np.float32), verbose=0),
         "float32": lambda x: predict(model, x, engine="keras"),
-        "float32_xnnpack": lambda x: predict(model, x, engine="xnnpack"),
     }
+    if xnnpack_available():
+        runs["float32_xnnpack"] = lambda x: predict(model, x, engine="xnnpack")
     if bfloat16_skipped is None:
         runs["bfloat16"] = lambda x: predict(model, x, precision="bfloat16")
     # Build and trace first, at two sizes whose last batches differ for batch 1024 and for Keras' 32 (2,048 and
@@ -234,7 +237,7 @@ def _prediction_speed(model, test: np.ndarray, log, bfloat16_skipped: str | None
             parts[key].append(run(chunk))
             spent[key].append(time.perf_counter() - started)
     plain_probs, fp32_probs = np.concatenate(parts["plain"]), np.concatenate(parts["float32"])
-    result: dict = {"test_images": int(len(test)), "parts": chunks, "engine": fast_engine()}
+    result: dict = {"test_images": int(len(test)), "parts": chunks, "engine": float32_engine()}
     for key, per_part in spent.items():
         seconds = sum(per_part)
         result[key] = {
@@ -244,9 +247,14 @@ def _prediction_speed(model, test: np.ndarray, log, bfloat16_skipped: str | None
         }
         log(f"  prediction, {key}: {len(test) / seconds:,.0f} images/s")
     result["float32_max_abs_difference_from_plain"] = float(np.abs(fp32_probs - plain_probs).max())
-    xnnpack_probs = np.concatenate(parts["float32_xnnpack"])
-    result["xnnpack_max_abs_difference_from_keras"] = float(np.abs(xnnpack_probs - fp32_probs).max())
-    result["xnnpack_same_digit_as_keras"] = round(float((xnnpack_probs.argmax(1) == fp32_probs.argmax(1)).mean()), 6)
+    if "float32_xnnpack" in runs:
+        xnnpack_probs = np.concatenate(parts["float32_xnnpack"])
+        result["xnnpack_max_abs_difference_from_keras"] = float(np.abs(xnnpack_probs - fp32_probs).max())
+        same = float((xnnpack_probs.argmax(1) == fp32_probs.argmax(1)).mean())
+        result["xnnpack_same_digit_as_keras"] = round(same, 6)
+    else:
+        result["float32_xnnpack"] = {"skipped": NO_XNNPACK}
+        log(f"  prediction, float32_xnnpack: {NO_XNNPACK}")
     if bfloat16_skipped is None:
         same = float((np.concatenate(parts["bfloat16"]).argmax(1) == fp32_probs.argmax(1)).mean())
         result["bfloat16_same_digit_as_float32"] = round(same, 6)
@@ -454,7 +462,7 @@ def format_table(results: dict) -> str:
         ("float32_xnnpack", "ours, float32 on XNNPACK (folded)"),
         ("bfloat16", "ours, bfloat16"),
     ):
-        if key not in p:  # a bench file written before XNNPACK was timed (session 21)
+        if key == "float32_xnnpack" and key not in p:  # a bench file written before XNNPACK was timed (session 21)
             lines.append(f"  {label:<34} not timed (a bench written before session 21)")
             continue
         if "skipped" in p[key]:

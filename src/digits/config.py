@@ -57,9 +57,9 @@ class Config:
     deterministic: bool = False
     # the precision of the training arithmetic: "float32", or "bfloat16" (Keras' mixed_bfloat16: bfloat16 convs and
     # activations, float32 weights, optimizer and softmax). With the fused batch norm bfloat16 trains about 1.8x
-    # faster on CPUs with AMX, 1.4x with AVX512-BF16 alone, slower without either (emulated); `resolve` turns "auto" (every preset's
-    # choice) into the fast one for this machine. The field's default stays float32, so a config.json written
-    # before this setting existed reads as it trained
+    # faster on CPUs with AMX, 1.4x with AVX512-BF16 alone, slower without either (emulated); `resolve` turns
+    # "auto" (every preset's choice) into the fast one for this machine. The field's default stays float32, so a
+    # config.json written before this setting existed reads as it trained
     precision: str = "float32"
     # pseudo-labels: the test digits that a finished run (the teacher) predicts with at least this confidence join
     # each fold's training rows, labelled with the teacher's digit. Fold k learns only from the teacher's fold k,

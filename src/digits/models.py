@@ -418,31 +418,41 @@ def xnnpack_available() -> bool:
 def _without_stderr_line(line: str) -> Iterator[None]:
     """Run the block with file descriptor 2 caught, then write back everything but `line`: TensorFlow Lite's C++
     prints its "Created ... delegate" notice there once per process, and no setting of its Python API hides it.
-    Anything else written meanwhile (an error) still reaches stderr, in order."""
+    Anything else written meanwhile (an error) still reaches stderr, in order, also when the block raises; where
+    no temporary file can be made, the block runs unfiltered (the notice shows, nothing else changes)."""
     import os
     import sys
     import tempfile
 
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as caught:
-        os.dup2(caught.fileno(), 2)
+    try:
+        caught = tempfile.TemporaryFile()  # noqa: SIM115 (closed by the `with caught` below)
+    except OSError:
+        yield
+        return
+    with caught:
+        sys.stderr.flush()
+        saved = os.dup(2)
         try:
+            os.dup2(caught.fileno(), 2)
             yield
         finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
+            try:
+                sys.stderr.flush()
+            finally:
+                os.dup2(saved, 2)  # fd 2 is given back whatever failed above
+                os.close(saved)
             caught.seek(0)
-            kept = [text for text in caught.read().splitlines(keepends=True) if text.strip() != line.encode()]
-            if kept:
-                os.write(2, b"".join(kept))
+            kept = memoryview(
+                b"".join(text for text in caught.read().splitlines(keepends=True) if text.strip() != line.encode())
+            )
+            while kept:
+                kept = kept[os.write(2, kept) :]
 
 
 class XnnpackRunner:
     """A float32 graph model (in practice `inference_model`'s copy) compiled for TensorFlow Lite's XNNPACK
-    engine: the same probabilities as Keras to about 1e-7, in about half the time on a CPU (`make bench`:
-    XNNPACK's convolutions suit this small model better than oneDNN's). `predict` takes uint8 or float
+    engine: the same probabilities as Keras to a few 1e-6 (`make bench`), 1.6-2x Keras' speed on an AVX2-only CPU
+    and no faster with AVX-512 (docs/experiments.md; `train.fast_engine` picks). `predict` takes uint8 or float
     images (N, 28, 28, 1) and returns float32 probabilities (N, classes); `threads` is how many cores it uses."""
 
     def __init__(self, model: keras.Model, threads: int):

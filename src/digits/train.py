@@ -193,6 +193,17 @@ def fast_engine(cpu: dict | None = None) -> str:
     return "keras" if "avx512f" in (cpu["flags"] or []) else "xnnpack"
 
 
+def float32_engine(engine: str = "auto") -> str:
+    """The engine `predict` runs float32 on when asked for `engine`: "auto" is `fast_engine`'s choice, and XNNPACK
+    becomes Keras where this TensorFlow has no Lite interpreter (`models.xnnpack_available`)."""
+    from digits.models import xnnpack_available
+
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine '{engine}'; choose one of: {', '.join(ENGINES)}")
+    engine = fast_engine() if engine == "auto" else engine
+    return "xnnpack" if engine == "xnnpack" and xnnpack_available() else "keras"
+
+
 def predict(
     model, images: np.ndarray, batch: int = 1024, precision: str = "float32", engine: str = "auto"
 ) -> np.ndarray:
@@ -207,19 +218,16 @@ def predict(
     """
     import tensorflow as tf
 
-    from digits.models import XnnpackRunner, inference_model, is_graph_model, xnnpack_available
+    from digits.models import XnnpackRunner, inference_model, is_graph_model
 
-    if engine not in ENGINES:
-        raise ValueError(f"unknown engine '{engine}'; choose one of: {', '.join(ENGINES)}")
-    if engine == "auto":
-        engine = fast_engine()
+    engine = float32_engine(engine)  # which also refuses an unknown name
+    if precision != "float32":
+        engine = "keras"  # which has the bfloat16 kernels
     runner = model
     if is_graph_model(model):  # a subclassed model cannot be rewritten: it predicts as it is
         digest = hashlib.blake2b(digest_size=16)
         for weights in model.get_weights():
             digest.update(weights.tobytes())
-        if precision != "float32" or not xnnpack_available():
-            engine = "keras"
         key = (precision, engine, digest.hexdigest())
         copies = _INFERENCE_MODELS.setdefault(model, {})
         if key not in copies:
